@@ -1,0 +1,190 @@
+"""``Gate``: the pure ASGI wrapper, and the only module that knows ASGI messages.
+
+Per HTTP request: classify → take a seat (at once, or wait in the lane's queue while watching
+for the client to leave) → run the app → give the seat back in ``finally``, after the last
+body chunk was sent. Rejections are complete ``503`` JSON responses of the gate's own; the
+app and its framework never see them. Nothing per request is stored on ``self``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import deque
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import anyio
+
+from ._classifier import Classifier, RuleClassifier, load_classifier
+from ._clock import Clock
+from ._exceptions import Rejected
+from ._lanes import Priority
+from ._responses import retry_after_seconds, send_json, send_rejection, status_body
+from ._scheduler import Permit, PriorityScheduler
+from ._settings import GateSettings
+from ._stats import GateStats
+from ._types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["Gate"]
+
+logger = logging.getLogger("lockgate")
+
+QUEUE_WAIT_HEADER_AFTER = 0.1
+"""Admitted requests that waited longer than this many seconds get ``X-Queue-Wait-Time``."""
+MAX_BUFFERED_BODY = 1 << 20
+"""Body bytes read ahead while a request waits (to notice a disconnect); past it, the gate
+stops reading and the wait is bounded by the timeout alone."""
+
+
+class Gate:
+    """Admission control for an ASGI app: bounded seats, priority lanes, a bounded queue.
+
+    ``Gate(app, settings)`` is itself an ASGI app. ``lifespan`` and ``websocket`` scopes pass
+    straight through, as do ``settings.bypass_paths`` (and their sub-paths). The gate serves
+    its JSON status at ``settings.status_path``. ``ENABLE_BACKPRESSURE=false`` makes it a
+    pass-through.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: GateSettings | None = None,
+        *,
+        classifier: Classifier | str | None = None,
+        policies: Sequence[Any] = (),
+        backend: PriorityScheduler | None = None,
+        meter: Any = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if policies:
+            raise NotImplementedError("degradation policies are not implemented yet")
+        if meter is not None:
+            raise NotImplementedError("OpenTelemetry metrics are not implemented yet")
+        self.app = app
+        self.settings = settings if settings is not None else GateSettings()
+        if isinstance(classifier, str):
+            classifier = load_classifier(classifier)
+        self.classifier: Classifier = classifier if classifier is not None else RuleClassifier()
+        self.scheduler = (
+            backend if backend is not None
+            else PriorityScheduler.from_settings(self.settings, clock)
+        )
+        self._enabled = self.settings.enabled
+        self._status_path = self.settings.status_path
+        self._bypass = _path_matcher(self.settings.bypass_paths)
+        self._classify = self.classifier.classify
+        self._try_acquire = self.scheduler.try_acquire
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self._enabled:
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path == self._status_path:
+            await send_json(send, 200, status_body(self.scheduler.stats()))
+            return
+        if self._bypass(path):
+            await self.app(scope, receive, send)
+            return
+        try:
+            lane = self._classify(scope)
+        except Exception:
+            logger.exception("classifier failed; using the default lane")
+            lane = Priority.NORMAL
+        permit = self._try_acquire(lane)
+        if permit is None:
+            await self._queued(scope, receive, send, lane)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            permit.release()
+
+    async def _queued(self, scope: Scope, receive: Receive, send: Send, lane: Priority) -> None:
+        """The slow path: wait for a seat while watching for the client to disconnect."""
+        buffered: deque[Message] = deque()
+        permit: Permit | None = None
+        rejected: Rejected | None = None
+        disconnected = False
+
+        async def watch(cancel: anyio.CancelScope) -> None:
+            nonlocal disconnected
+            size = 0
+            try:
+                while size <= MAX_BUFFERED_BODY:
+                    message = await receive()
+                    buffered.append(message)
+                    if message["type"] == "http.disconnect":
+                        disconnected = True
+                        cancel.cancel()
+                        return
+                    size += len(message.get("body", b""))
+            except Exception:  # the app will meet the same error on its own receive()
+                return
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch, tg.cancel_scope)
+            try:
+                permit = await self.scheduler.acquire(lane)
+            except Rejected as exc:
+                rejected = exc
+            tg.cancel_scope.cancel()
+
+        if rejected is not None:
+            if not disconnected:
+                retry = retry_after_seconds(self.scheduler.drain_time())
+                await send_rejection(send, rejected.reason, retry)
+            return
+        if permit is None:  # the client left while queued: it took no seat
+            return
+        try:
+            if disconnected:  # it left in the very instant it was admitted
+                return
+            if buffered:
+                receive = _replay(buffered, receive)
+            if permit.waited > QUEUE_WAIT_HEADER_AFTER:
+                send = _with_wait_header(send, permit.waited)
+            await self.app(scope, receive, send)
+        finally:
+            permit.release()
+
+    def stats(self) -> GateStats:
+        """A frozen snapshot of the gate's seats, queue and counters."""
+        return self.scheduler.stats()
+
+    def __repr__(self) -> str:
+        return f"Gate({self.app!r}, {self.scheduler!r})"
+
+
+def _path_matcher(paths: Iterable[str]) -> Any:
+    """A fast predicate: is ``path`` one of ``paths`` or below one of them?"""
+    paths = [p.rstrip("/") or "/" for p in paths]
+    if not paths:
+        return lambda path: False
+    if "/" in paths:
+        return lambda path: True
+    alternatives = "|".join(re.escape(p) for p in sorted(paths, key=len, reverse=True))
+    return re.compile(f"(?:{alternatives})(?:/|$)").match
+
+
+def _replay(buffered: deque[Message], receive: Receive) -> Receive:
+    """``receive`` that first hands out the messages read while the request waited."""
+
+    async def replay() -> Message:
+        if buffered:
+            return buffered.popleft()
+        return await receive()
+
+    return replay
+
+
+def _with_wait_header(send: Send, waited: float) -> Send:
+    header = (b"x-queue-wait-time", f"{waited:.3f}".encode())
+
+    async def send_with_header(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), header]}
+        await send(message)
+
+    return send_with_header

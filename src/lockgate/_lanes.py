@@ -1,0 +1,87 @@
+"""Priority lanes and seat apportionment: pure functions, no I/O.
+
+Given the limit ``C`` and each lane's settings, every lane gets
+
+* ``nominal`` seats ``N_i``: a largest-remainder split of ``C`` by share, so ``sum(N_i) == C``
+  exactly (Kubernetes APF's ``ceil`` split overshoots ``C``);
+* ``guaranteed`` seats ``G_i = N_i - floor(N_i * lendable_i)``: never used by another lane;
+* ``max`` seats ``Max_i = min(C, N_i + round(N_i * borrow_limit_i))`` (``C`` when unlimited).
+
+With a small ``C`` a lane may get ``N_i = 0``: it then runs only on borrowed seats.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Protocol
+
+__all__ = ["LaneSeats", "Priority", "apportion", "lane_seats"]
+
+
+class Priority(IntEnum):
+    """A lane. Lower value = served first."""
+
+    CRITICAL = 0
+    HIGH = 1
+    NORMAL = 2
+    LOW = 3
+
+    @property
+    def label(self) -> str:
+        """The lowercase name used in metrics, JSON and settings (``"high"``)."""
+        return self.name.lower()
+
+
+class _LaneShape(Protocol):
+    @property
+    def share(self) -> float: ...
+    @property
+    def lendable(self) -> float: ...
+    @property
+    def borrow_limit(self) -> float | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LaneSeats:
+    """The seats of one lane under the current limit."""
+
+    nominal: int
+    guaranteed: int
+    max: int
+
+
+def apportion(total: int, shares: Sequence[float]) -> list[int]:
+    """Split ``total`` seats by ``shares`` with the largest-remainder method.
+
+    The result sums to ``total`` exactly. Ties in the remainder go to the earlier
+    (higher-priority) lane. All shares zero is an error.
+    """
+    weight = math.fsum(shares)
+    if total < 0:
+        raise ValueError("total must be >= 0")
+    if weight <= 0 or any(s < 0 for s in shares):
+        raise ValueError("shares must be >= 0 with a positive sum")
+    quotas = [total * s / weight for s in shares]
+    seats = [math.floor(q) for q in quotas]
+    left = total - sum(seats)
+    by_remainder = sorted(range(len(shares)), key=lambda i: (seats[i] - quotas[i], i))
+    for i in by_remainder[:left]:
+        seats[i] += 1
+    return seats
+
+
+def lane_seats(limit: int, lanes: Sequence[_LaneShape]) -> tuple[LaneSeats, ...]:
+    """Nominal, guaranteed and max seats of each lane for ``limit`` total seats."""
+    nominal = apportion(limit, [lane.share for lane in lanes])
+    out = []
+    for n, lane in zip(nominal, lanes, strict=True):
+        guaranteed = n - math.floor(n * lane.lendable)
+        if lane.borrow_limit is None:
+            most = limit
+        else:
+            most = min(limit, n + round(n * lane.borrow_limit))
+        out.append(LaneSeats(nominal=n, guaranteed=guaranteed, max=most))
+    return tuple(out)

@@ -1,0 +1,415 @@
+"""The priority scheduler: seats, lanes and the queue of waiters. No ASGI, OTel or Redis here.
+
+A ``PriorityScheduler`` owns ``limit`` seats split into four lanes (see ``_lanes``). A request
+asks for a seat in its lane and gets a ``Permit``, which it gives back exactly once.
+
+What it guarantees, with ``u_i`` the seats lane ``i`` holds (``N``/``G``/``Max`` as in
+``_lanes``):
+
+* I1 ``sum(u_i) <= C``; I2 ``u_i <= Max_i``; I3 ``sum(max(u_i, G_i)) <= C``: a lane under its
+  guarantee is admitted at once, because nobody else ever sits in its guaranteed seats.
+* No barging: a newcomer takes a free seat only when no waiter could take it.
+* Direct hand-off: a released seat goes straight to the next waiter (lanes under their
+  guarantee, then lanes under their nominal share -- repay before lend -- then borrowers in
+  priority order; FIFO inside a lane). No count is bumped that a newcomer could steal.
+* Work conservation: at rest, a free seat and a waiter that could use it never coexist.
+
+Because of the last point the arrival rule is short: admit when ``u_i < G_i``, or when a seat
+is free under I3 and ``u_i < Max_i``. (Every lane that waits while a seat is free is at its
+``Max``, so no waiter of an equal or higher lane, and no lane under its nominal share, is
+passed over.)
+
+What it is not: a rate limiter, a fair queue between clients, or a thread-safe object. It
+lives on one event loop; every method but ``acquire`` is synchronous and never blocks.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from types import TracebackType
+
+import anyio
+
+from ._clock import Clock, MonotonicClock
+from ._exceptions import QueueFull, QueueTimeout, Rejected, RejectReason, SystemOverload
+from ._lanes import LaneSeats, Priority, lane_seats
+from ._settings import GateSettings, LaneSettings, LanesSettings
+from ._stats import GateStats, LaneStats
+
+__all__ = ["Permit", "PriorityScheduler"]
+
+_LANES = tuple(Priority)
+_WAITING, _GRANTED, _GONE = 0, 1, 2
+_RATE_EVERY = 63  # sample the completion rate every 64 releases (a bit mask)
+_REJECTIONS: dict[RejectReason, type[Rejected]] = {
+    cls.reason: cls for cls in (SystemOverload, QueueFull, QueueTimeout)
+}
+
+
+class Permit:
+    """One seat, held until ``release()``. Releasing twice is a no-op, never a double release.
+
+    Use it as a context manager (``async with await scheduler.acquire(lane): ...``) or call
+    ``release()`` in a ``finally``.
+    """
+
+    __slots__ = ("_scheduler", "lane", "released", "waited")
+
+    def __init__(self, scheduler: PriorityScheduler, lane: Priority, waited: float = 0.0) -> None:
+        self._scheduler = scheduler
+        self.lane = lane
+        self.waited = waited
+        """Seconds spent in the queue before the seat was handed over (0.0 when immediate)."""
+        self.released = False
+
+    def release(self) -> None:
+        """Give the seat back (to the next waiter, if any). Only the first call counts."""
+        if not self.released:
+            self.released = True
+            self._scheduler._release(self.lane)
+
+    def __enter__(self) -> Permit:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+    async def __aenter__(self) -> Permit:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        state = "released" if self.released else "held"
+        return f"<Permit lane={self.lane.label} {state} waited={self.waited:.3f}s>"
+
+
+class _Waiter:
+    __slots__ = ("enqueued", "event", "lane", "permit", "reason", "state")
+
+    def __init__(self, lane: Priority, enqueued: float) -> None:
+        self.lane = lane
+        self.enqueued = enqueued
+        self.event = anyio.Event()
+        self.state = _WAITING
+        self.permit: Permit | None = None
+        self.reason: RejectReason | None = None
+
+
+class PriorityScheduler:
+    """Seats split into priority lanes with reserved shares, and a bounded queue for the rest.
+
+    ``try_acquire(lane)`` admits at once or returns ``None``; ``acquire(lane, timeout)`` waits
+    in the lane's queue and raises a ``Rejected`` subclass when it cannot be admitted. Both
+    return a ``Permit`` whose ``release()`` hands the seat on.
+    """
+
+    def __init__(
+        self,
+        limit: int = 100,
+        lanes: LanesSettings | Sequence[LaneSettings] | None = None,
+        *,
+        queue_capacity: int = 1000,
+        wait_timeout: float = 3.0,
+        reject_threshold: int | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        if isinstance(lanes, LanesSettings):
+            lanes = lanes.ordered()
+        self._lane_settings: tuple[LaneSettings, ...] = tuple(
+            lanes if lanes is not None else LanesSettings().ordered()
+        )
+        if len(self._lane_settings) != len(_LANES):
+            raise ValueError(f"expected {len(_LANES)} lanes, got {len(self._lane_settings)}")
+        self._clock: Clock = clock or MonotonicClock()
+        self._queue_capacity = queue_capacity
+        self._wait_timeout = wait_timeout
+        self._reject_threshold_setting = reject_threshold
+        self._queue_limits = [lane.queue_limit for lane in self._lane_settings]
+        self._used = [0, 0, 0, 0]
+        self._queues: list[deque[_Waiter]] = [deque() for _ in _LANES]
+        self._queued = [0, 0, 0, 0]
+        self._dead = [0, 0, 0, 0]
+        self._queued_total = 0
+        self._active = 0
+        self._occupied = 0  # sum over lanes of max(u_i, G_i): I3's left-hand side
+        self._admitted = [0, 0, 0, 0]
+        self._rejected: list[dict[str, int]] = [{} for _ in _LANES]
+        self._wait_sum = 0.0
+        self._completed = 0
+        self._rate = 0.0
+        self._rate_at: float | None = None  # the first window (from start-up) is discarded
+        self.set_limit(limit)
+
+    @classmethod
+    def from_settings(
+        cls, settings: GateSettings, clock: Clock | None = None
+    ) -> PriorityScheduler:
+        """A scheduler sized and shaped by ``settings``."""
+        return cls(
+            settings.max_concurrent,
+            settings.lanes,
+            queue_capacity=settings.queue_capacity,
+            wait_timeout=settings.wait_timeout,
+            reject_threshold=settings.reject_threshold,
+            clock=clock,
+        )
+
+    # -- limit ------------------------------------------------------------------------------
+
+    @property
+    def limit(self) -> int:
+        """Seats in all (``C``)."""
+        return self._limit
+
+    @property
+    def seats(self) -> tuple[LaneSeats, ...]:
+        """Nominal / guaranteed / max seats per lane under the current limit."""
+        return self._seats
+
+    def set_limit(self, limit: int) -> None:
+        """Change ``C``; lane seats are re-apportioned, waiters served if seats appeared.
+
+        Holders above a lowered limit keep their seats; new admissions wait until the
+        lanes are back under it.
+        """
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        self._limit = limit
+        self._seats = lane_seats(limit, self._lane_settings)
+        self._guaranteed = [s.guaranteed for s in self._seats]
+        self._nominal = [s.nominal for s in self._seats]
+        self._max = [s.max for s in self._seats]
+        self._occupied = sum(max(u, g) for u, g in zip(self._used, self._guaranteed, strict=True))
+        threshold = self._reject_threshold_setting
+        if threshold is None:
+            threshold = limit + self._queue_capacity
+        self._reject_threshold = threshold
+        self._dispatch()
+
+    # -- admission --------------------------------------------------------------------------
+
+    def try_acquire(self, lane: Priority) -> Permit | None:
+        """A permit if a seat in ``lane`` is free for a newcomer now, else ``None``."""
+        u = self._used[lane]
+        if u < self._guaranteed[lane] or (u < self._max[lane] and self._occupied < self._limit):
+            self._take(lane)
+            self._admitted[lane] += 1
+            return Permit(self, lane)
+        return None
+
+    async def acquire(
+        self,
+        lane: Priority,
+        timeout: float | None = None,  # noqa: ASYNC109 - a queue budget, answered QueueTimeout
+    ) -> Permit:
+        """Wait for a seat in ``lane``, at most ``timeout`` seconds (default ``wait_timeout``).
+
+        Raises ``SystemOverload`` or ``QueueFull`` at once when the request may not wait,
+        ``QueueFull`` later if a higher lane displaced it, ``QueueTimeout`` when time ran out.
+        Cancellation is safe: a cancelled waiter leaves the queue, and a seat granted to it
+        in the same instant is passed on.
+        """
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        permit = self.try_acquire(lane)
+        if permit is not None:
+            return permit
+        waiter = self._enqueue(lane)
+        deadline = waiter.enqueued + (self._wait_timeout if timeout is None else timeout)
+        try:
+            with self._clock.deadline_scope(deadline):
+                await waiter.event.wait()
+        except BaseException:
+            if waiter.state == _GRANTED:
+                assert waiter.permit is not None
+                waiter.permit.release()
+            elif waiter.state == _WAITING:
+                self._remove(waiter)
+            raise
+        if waiter.state == _GRANTED:
+            assert waiter.permit is not None
+            return waiter.permit
+        if waiter.state == _WAITING:  # our own deadline passed
+            self._remove(waiter)
+            waiter.reason = RejectReason.QUEUE_TIMEOUT
+            self.record_rejection(lane, waiter.reason)
+        assert waiter.reason is not None
+        raise _REJECTIONS[waiter.reason]()
+
+    def record_rejection(self, lane: Priority, reason: RejectReason) -> None:
+        """Count a rejection decided elsewhere (e.g. by a degradation policy)."""
+        counts = self._rejected[lane]
+        counts[reason.value] = counts.get(reason.value, 0) + 1
+
+    def _enqueue(self, lane: Priority) -> _Waiter:
+        limit = self._queue_limits[lane]
+        overload = self._active + self._queued_total >= self._reject_threshold
+        if limit is not None and self._queued[lane] >= limit:
+            self._reject_arrival(lane, RejectReason.QUEUE_FULL)
+        full = self._queued_total >= self._queue_capacity
+        if (full or overload) and not self._displace_below(lane):
+            reason = RejectReason.QUEUE_FULL if full else RejectReason.SYSTEM_OVERLOAD
+            self._reject_arrival(lane, reason)
+        waiter = _Waiter(lane, self._clock.now())
+        self._queues[lane].append(waiter)
+        self._queued[lane] += 1
+        self._queued_total += 1
+        return waiter
+
+    def _reject_arrival(self, lane: Priority, reason: RejectReason) -> None:
+        self.record_rejection(lane, reason)
+        raise _REJECTIONS[reason]()
+
+    def _displace_below(self, lane: Priority) -> bool:
+        """Turn away the youngest waiter of the lowest lane below ``lane``; False if none."""
+        for victim_lane in reversed(_LANES[lane + 1 :]):
+            if self._queued[victim_lane]:
+                queue = self._queues[victim_lane]
+                while queue[-1].state != _WAITING:
+                    queue.pop()
+                    self._dead[victim_lane] -= 1
+                victim = queue.pop()
+                self._queued[victim_lane] -= 1
+                self._queued_total -= 1
+                victim.state = _GONE
+                victim.reason = RejectReason.QUEUE_FULL
+                self.record_rejection(victim_lane, victim.reason)
+                victim.event.set()
+                return True
+        return False
+
+    def _remove(self, waiter: _Waiter) -> None:
+        """Take a still-waiting waiter out of its queue (cancelled or timed out)."""
+        lane = waiter.lane
+        waiter.state = _GONE
+        self._queued[lane] -= 1
+        self._queued_total -= 1
+        queue = self._queues[lane]
+        if queue[0] is waiter:
+            queue.popleft()
+        else:
+            self._dead[lane] += 1
+            if self._dead[lane] > 32 and self._dead[lane] > self._queued[lane]:
+                self._queues[lane] = deque(w for w in queue if w.state == _WAITING)
+                self._dead[lane] = 0
+
+    # -- seats ------------------------------------------------------------------------------
+
+    def _take(self, lane: Priority) -> None:
+        u = self._used[lane]
+        if u >= self._guaranteed[lane]:
+            self._occupied += 1
+        self._used[lane] = u + 1
+        self._active += 1
+
+    def _release(self, lane: Priority) -> None:
+        u = self._used[lane] - 1
+        self._used[lane] = u
+        if u >= self._guaranteed[lane]:
+            self._occupied -= 1
+        self._active -= 1
+        self._completed += 1
+        if not self._completed & _RATE_EVERY:
+            self._sample_rate()
+        if self._queued_total:
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand free seats to waiters until no waiter can take one."""
+        while self._queued_total:
+            lane = self._next_lane()
+            if lane is None:
+                return
+            queue = self._queues[lane]
+            waiter = queue.popleft()
+            while waiter.state != _WAITING:
+                self._dead[lane] -= 1
+                waiter = queue.popleft()
+            self._queued[lane] -= 1
+            self._queued_total -= 1
+            self._take(lane)
+            self._admitted[lane] += 1
+            waited = self._clock.now() - waiter.enqueued
+            self._wait_sum += waited
+            waiter.permit = Permit(self, lane, waited)
+            waiter.state = _GRANTED
+            waiter.event.set()
+
+    def _next_lane(self) -> Priority | None:
+        """The lane whose head waiter gets the next seat: guarantee, repayment, priority."""
+        queued, used = self._queued, self._used
+        free = self._occupied < self._limit
+        borrower: Priority | None = None
+        for lane in _LANES:
+            if not queued[lane]:
+                continue
+            u = used[lane]
+            if u < self._guaranteed[lane]:
+                return lane
+            if free and u < self._max[lane]:
+                if u < self._nominal[lane]:
+                    return lane  # under its nominal share: repay before lend
+                if borrower is None:
+                    borrower = lane
+        return borrower
+
+    # -- observation ------------------------------------------------------------------------
+
+    def _sample_rate(self) -> None:
+        now = self._clock.now()
+        elapsed = 0.0 if self._rate_at is None else now - self._rate_at
+        if elapsed > 0:
+            sample = (_RATE_EVERY + 1) / elapsed
+            self._rate = sample if self._rate == 0.0 else 0.7 * self._rate + 0.3 * sample
+        self._rate_at = now
+
+    def drain_time(self) -> float:
+        """Seconds until the queue (plus one newcomer) drains at the recent completion rate.
+
+        The rate is a moving average of the time every 64 completions took; until the first
+        sample the answer is one ``wait_timeout``.
+        """
+        if self._rate <= 0.0:
+            return self._wait_timeout
+        return (self._queued_total + 1) / self._rate
+
+    def stats(self) -> GateStats:
+        """A frozen snapshot of seats, queue and counters."""
+        lanes = tuple(
+            LaneStats(
+                lane=lane,
+                active=self._used[lane],
+                queued=self._queued[lane],
+                nominal=seats.nominal,
+                guaranteed=seats.guaranteed,
+                max=seats.max,
+                admitted=self._admitted[lane],
+                rejected=dict(self._rejected[lane]),
+            )
+            for lane, seats in zip(_LANES, self._seats, strict=True)
+        )
+        admitted = sum(self._admitted)
+        return GateStats(
+            limit=self._limit,
+            active=self._active,
+            queued=self._queued_total,
+            rejected=sum(sum(lane.rejected.values()) for lane in lanes),
+            admitted=admitted,
+            avg_wait_time_ms=1000.0 * self._wait_sum / admitted if admitted else 0.0,
+            lanes=lanes,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<PriorityScheduler limit={self._limit} active={self._active} "
+            f"queued={self._queued_total}>"
+        )
+

@@ -1,0 +1,158 @@
+"""Settings: ``GateSettings`` (env prefix ``BACKPRESSURE_``) and per-lane ``LaneSettings``.
+
+A deployment of the original capacity plan keeps its ``.env`` unchanged:
+``BACKPRESSURE_MAX_CONCURRENT``, ``BACKPRESSURE_QUEUE_CAPACITY``, ``BACKPRESSURE_WAIT_TIMEOUT``,
+``BACKPRESSURE_REJECT_THRESHOLD``, and ``ENABLE_BACKPRESSURE=false`` as a kill switch that
+turns the gate into a pass-through. Lanes nest with ``__``:
+``BACKPRESSURE_LANES__LOW__BORROW_LIMIT=1``. Invalid values raise ``pydantic.ValidationError``
+naming the field; nothing is clamped.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Self
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ._lanes import Priority
+
+__all__ = ["GateSettings", "LaneSettings", "LanesSettings"]
+
+PresetName = Literal["development", "staging", "production"]
+
+_PRESETS: dict[str, dict[str, float | int]] = {
+    "development": {"max_concurrent": 20, "queue_capacity": 100, "wait_timeout": 10.0,
+                    "reject_threshold": 120},
+    "staging": {"max_concurrent": 80, "queue_capacity": 500, "wait_timeout": 5.0,
+                "reject_threshold": 580},
+    "production": {"max_concurrent": 100, "queue_capacity": 1000, "wait_timeout": 3.0,
+                   "reject_threshold": 1100},
+}
+
+
+class LaneSettings(BaseModel):
+    """One lane's share of the seats and how it lends and borrows them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    share: float = Field(ge=0, allow_inf_nan=False)
+    """Weight of the lane in the split of the limit (need not sum to 1)."""
+    lendable: float = Field(default=1.0, ge=0, le=1)
+    """Fraction of the lane's nominal seats other lanes may use while it does not."""
+    borrow_limit: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    """How far beyond its nominal seats the lane may grow, as a fraction; ``None``: up to C."""
+    queue_limit: int | None = Field(default=None, ge=0)
+    """Most waiters of this lane; ``None``: only the total ``queue_capacity`` applies."""
+
+
+_LANE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "critical": {"share": 0.10, "lendable": 0.0},
+    "high": {"share": 0.40},
+    "normal": {"share": 0.40},
+    "low": {"share": 0.10, "borrow_limit": 2.0},
+}
+
+
+class LanesSettings(BaseModel):
+    """The four lanes. A partial dict overrides only the keys it names."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    critical: LaneSettings = LaneSettings(**_LANE_DEFAULTS["critical"])
+    high: LaneSettings = LaneSettings(**_LANE_DEFAULTS["high"])
+    normal: LaneSettings = LaneSettings(**_LANE_DEFAULTS["normal"])
+    low: LaneSettings = LaneSettings(**_LANE_DEFAULTS["low"])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        merged: dict[str, Any] = {}
+        for name, value in data.items():
+            if isinstance(value, dict) and name in _LANE_DEFAULTS:
+                value = {**_LANE_DEFAULTS[name], **value}
+            merged[name] = value
+        return merged
+
+    @model_validator(mode="after")
+    def _positive_total(self) -> Self:
+        if sum(lane.share for lane in self.ordered()) <= 0:
+            raise ValueError("the lanes' shares must have a positive sum")
+        return self
+
+    def ordered(self) -> tuple[LaneSettings, LaneSettings, LaneSettings, LaneSettings]:
+        """The lanes in ``Priority`` order."""
+        return (self.critical, self.high, self.normal, self.low)
+
+    def __getitem__(self, lane: Priority) -> LaneSettings:
+        return self.ordered()[lane]
+
+
+class GateSettings(BaseSettings):
+    """Everything the gate needs to know; read from ``BACKPRESSURE_*`` env vars too."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BACKPRESSURE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+    enabled: bool = Field(
+        default=True,
+        validation_alias=AliasChoices("ENABLE_BACKPRESSURE", "BACKPRESSURE_ENABLED"),
+    )
+    """``False`` (``ENABLE_BACKPRESSURE=false``) makes the gate a pass-through."""
+    max_concurrent: int = Field(default=100, ge=1)
+    """Seats: requests run at once. Size it to the scarcest resource (DB pool x 0.8)."""
+    queue_capacity: int = Field(default=1000, ge=0)
+    """Waiters held at most, all lanes together; beyond it, ``QUEUE_FULL``."""
+    wait_timeout: float = Field(default=3.0, gt=0, allow_inf_nan=False)
+    """Longest wait in the queue, seconds; then ``QUEUE_TIMEOUT``."""
+    reject_threshold: int | None = Field(default=None, ge=1)
+    """Active + queued at which an arrival that must wait gets ``SYSTEM_OVERLOAD``.
+    ``None``: ``max_concurrent + queue_capacity``."""
+    lanes: LanesSettings = LanesSettings()
+    target_wait: float | None = Field(default=0.05, gt=0, allow_inf_nan=False)
+    """Standing-queue target, seconds; ``None`` turns queue management off."""
+    limit: str = Field(default="fixed", min_length=1)
+    """``"fixed"``, ``"aimd"``, ``"gradient2"`` or a ``lockgate.limits`` entry-point name."""
+    bypass_paths: tuple[str, ...] = ("/health", "/metrics")
+    """Paths never queued nor rejected; each also covers its sub-paths (``/health/ready``)."""
+    status_path: str | None = "/metrics/backpressure"
+    """Where the gate serves its JSON status; ``None`` to disable."""
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        for path in (*self.bypass_paths, *([self.status_path] if self.status_path else [])):
+            if not path.startswith("/"):
+                raise ValueError(f"paths must start with '/': {path!r}")
+        if self.reject_threshold is not None and self.reject_threshold < self.max_concurrent:
+            raise ValueError("reject_threshold must be >= max_concurrent")
+        return self
+
+    @property
+    def effective_reject_threshold(self) -> int:
+        """``reject_threshold``, or ``max_concurrent + queue_capacity`` when unset."""
+        if self.reject_threshold is None:
+            return self.max_concurrent + self.queue_capacity
+        return self.reject_threshold
+
+    @classmethod
+    def preset(cls, name: PresetName, **overrides: Any) -> GateSettings:
+        """The environments of the original capacity plan, with optional overrides.
+
+        ``development`` 20/100/10 s/120, ``staging`` 80/500/5 s/580,
+        ``production`` 100/1000/3 s/1100 (seats / queue / wait / reject threshold).
+        """
+        try:
+            values = _PRESETS[name]
+        except KeyError:
+            raise ValueError(
+                f"unknown preset {name!r}; choose one of {', '.join(_PRESETS)}"
+            ) from None
+        return cls(**{**values, **overrides})
