@@ -123,23 +123,22 @@ class Gate:
             except Exception:  # the app will meet the same error on its own receive()
                 return
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(watch, tg.cancel_scope)
-            try:
-                permit = await self.scheduler.acquire(lane)
-            except Rejected as exc:
-                rejected = exc
-            tg.cancel_scope.cancel()
-
-        if rejected is not None:
-            if not disconnected:
-                retry = retry_after_seconds(self.scheduler.drain_time())
-                await send_rejection(send, rejected.reason, retry)
-            return
-        if permit is None:  # the client left while queued: it took no seat
-            return
         try:
-            if disconnected:  # it left in the very instant it was admitted
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch, tg.cancel_scope)
+                try:
+                    permit = await self.scheduler.acquire(lane)
+                except Rejected as exc:
+                    rejected = exc
+                tg.cancel_scope.cancel()
+            # Past this point a cancellation may still arrive (even at the task group's
+            # exit, above): the seat is released in the ``finally`` whatever happens.
+            if rejected is not None:
+                if not disconnected:
+                    retry = retry_after_seconds(self.scheduler.drain_time())
+                    await send_rejection(send, rejected.reason, retry)
+                return
+            if permit is None or disconnected:  # the client left: it takes no seat
                 return
             if buffered:
                 receive = _replay(buffered, receive)
@@ -147,7 +146,8 @@ class Gate:
                 send = _with_wait_header(send, permit.waited)
             await self.app(scope, receive, send)
         finally:
-            permit.release()
+            if permit is not None:
+                permit.release()
 
     def stats(self) -> GateStats:
         """A frozen snapshot of the gate's seats, queue and counters."""

@@ -1,0 +1,46 @@
+"""The public API is a contract: users' code and an external harness import these names."""
+
+from __future__ import annotations
+
+import lockgate
+import lockgate.limits
+import lockgate.testing
+
+PUBLIC = {
+    "Classifier", "DeadlineUnreachable", "Gate", "GateSettings", "GateStats", "LaneSeats",
+    "LaneSettings", "LaneStats", "LanesSettings", "LockgateError", "Permit", "Priority",
+    "PriorityScheduler", "QueueFull", "QueueTimeout", "RejectReason", "Rejected", "Rule",
+    "RuleClassifier", "SystemOverload", "load_classifier",
+}
+
+
+def test_exported_members() -> None:
+    """``lockgate.__all__`` is exactly the documented set, each defined and re-exported."""
+    assert set(lockgate.__all__) == PUBLIC
+    for name in lockgate.__all__:
+        member = getattr(lockgate, name)
+        assert member.__module__.startswith("lockgate."), name
+        assert not name.startswith("_")
+
+
+def test_design_contract_imports() -> None:
+    """The imports DESIGN.md promises keep working."""
+    from lockgate import (  # noqa: F401
+        Gate,
+        GateSettings,
+        GateStats,
+        LaneSettings,
+        Permit,
+        Priority,
+        PriorityScheduler,
+        Rule,
+        RuleClassifier,
+    )
+    from lockgate.limits import FixedLimit  # noqa: F401
+
+
+def test_submodule_exports() -> None:
+    """Public submodules list what they offer, and all of it exists."""
+    for module in (lockgate.limits, lockgate.testing):
+        for name in module.__all__:
+            assert hasattr(module, name), f"{module.__name__}.{name}"

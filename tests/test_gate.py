@@ -1,0 +1,464 @@
+"""Gate driven message by message: admission, rejections, disconnects, streaming, pass-through."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import anyio
+import pytest
+from anyio import wait_all_tasks_blocked
+
+from lockgate import Gate, GateSettings, Priority, Rule, RuleClassifier
+from lockgate._responses import retry_after_seconds
+from lockgate._types import Message, Receive, Scope, Send
+from lockgate.testing import FakeClock, make_scope, ok_app
+
+from ._asgi import Exchange
+
+pytestmark = pytest.mark.anyio
+
+
+class HoldApp:
+    """An app whose ``/hold...`` requests wait until the test opens their gate (by path).
+
+    It reads the whole body first, records every message it received, and echoes the body.
+    """
+
+    def __init__(self) -> None:
+        self.opened: dict[str, anyio.Event] = {}
+        self.calls: list[str] = []
+        self.received: dict[str, list[Message]] = {}
+        self.running = 0
+
+    def open(self, path: str) -> None:
+        self.opened.setdefault(path, anyio.Event()).set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        self.calls.append(path)
+        self.running += 1
+        try:
+            got = self.received.setdefault(path, [])
+            body = b""
+            while True:
+                message = await receive()
+                got.append(message)
+                body += message.get("body", b"")
+                if message["type"] != "http.request" or not message.get("more_body"):
+                    break
+            if path.startswith("/hold"):
+                await self.opened.setdefault(path, anyio.Event()).wait()
+            if path.startswith("/boom"):
+                raise RuntimeError("app failure")
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": body or b"ok"})
+        finally:
+            self.running -= 1
+
+
+def gate_for(app: HoldApp, clock: FakeClock | None = None, **settings: object) -> Gate:
+    return Gate(app, GateSettings(**settings), clock=clock)  # type: ignore[arg-type]
+
+
+async def start(tg: anyio.abc.TaskGroup, gate: Gate, path: str) -> Exchange:
+    """Start one request (its body complete) and let it settle."""
+    ex = Exchange(gate, path=path)
+    ex.push_body()
+    tg.start_soon(ex.run)
+    await wait_all_tasks_blocked()
+    return ex
+
+
+def assert_rejection(ex: Exchange, code: str) -> int:
+    """A complete structured 503; returns its Retry-After."""
+    assert ex.status == 503
+    headers = ex.headers
+    assert headers["content-type"] == "application/json"
+    assert int(headers["content-length"]) == len(ex.body)
+    retry = int(headers["retry-after"])
+    assert retry >= 1
+    body = ex.json()
+    assert body["success"] is False
+    assert body["error"]["code"] == code
+    assert body["error"]["retry_after"] == retry
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    return retry
+
+
+async def test_fast_path_admits_and_releases() -> None:
+    """An uncontended request runs at once and gives its seat back."""
+    app = HoldApp()
+    gate = gate_for(app, max_concurrent=1)
+    async with anyio.create_task_group() as tg:
+        ex = await start(tg, gate, "/fast")
+    assert ex.status == 200 and ex.body == b"ok"
+    stats = gate.stats()
+    assert (stats.active, stats.queued, stats.admitted) == (0, 0, 1)
+    assert "x-queue-wait-time" not in ex.headers
+
+
+async def test_queue_full_and_queue_admission() -> None:
+    """Seats full + queue full → QUEUE_FULL at once; the queued request runs after a release."""
+    app = HoldApp()
+    gate = gate_for(app, max_concurrent=1, queue_capacity=1)
+    async with anyio.create_task_group() as tg:
+        holder = await start(tg, gate, "/hold1")
+        queued = await start(tg, gate, "/hold2")
+        full = await start(tg, gate, "/x")
+        assert_rejection(full, "QUEUE_FULL")
+        assert (gate.stats().active, gate.stats().queued) == (1, 1)
+        assert app.calls == ["/hold1"]
+        app.open("/hold1")
+        app.open("/hold2")
+    assert holder.status == queued.status == 200
+    stats = gate.stats()
+    assert (stats.active, stats.queued, stats.rejected) == (0, 0, 1)
+
+
+async def test_system_overload_when_threshold_hit_before_queue_is_full() -> None:
+    """reject_threshold below seats + queue → SYSTEM_OVERLOAD while the queue has room."""
+    app = HoldApp()
+    gate = gate_for(app, max_concurrent=1, queue_capacity=5, reject_threshold=2)
+    async with anyio.create_task_group() as tg:
+        await start(tg, gate, "/hold1")
+        await start(tg, gate, "/hold2")
+        over = await start(tg, gate, "/x")
+        assert_rejection(over, "SYSTEM_OVERLOAD")
+        app.open("/hold1")
+        app.open("/hold2")
+    assert gate.stats().lanes[Priority.NORMAL].rejected == {"SYSTEM_OVERLOAD": 1}
+
+
+async def test_queue_timeout_with_injected_clock() -> None:
+    """A waiter is answered QUEUE_TIMEOUT when wait_timeout passes, and not a moment before."""
+    app, clock = HoldApp(), FakeClock()
+    gate = gate_for(app, clock, max_concurrent=1, wait_timeout=2.0)
+    async with anyio.create_task_group() as tg:
+        await start(tg, gate, "/hold1")
+        waiter = await start(tg, gate, "/x")
+        clock.advance(1.999)
+        await wait_all_tasks_blocked()
+        assert waiter.status is None and gate.stats().queued == 1
+        clock.advance(0.001)
+        await wait_all_tasks_blocked()
+        assert_rejection(waiter, "QUEUE_TIMEOUT")
+        assert gate.stats().queued == 0
+        app.open("/hold1")
+    assert app.calls == ["/hold1"]
+    assert gate.stats().active == 0
+
+
+def test_retry_after_seconds_bounds() -> None:
+    """Retry-After is ceil(drain x (1 + jitter)), at least 1, at most 60."""
+    assert retry_after_seconds(0.01, 0.0) == 1
+    assert retry_after_seconds(2.1, 0.0) == 3
+    assert retry_after_seconds(2.1, 0.49) == math.ceil(2.1 * 1.49)
+    assert retry_after_seconds(1e9, 0.0) == 60
+    assert retry_after_seconds(float("inf"), 0.0) == 60
+
+
+@pytest.mark.parametrize("queue", [20, 200])
+async def test_retry_after_follows_the_drain_time(queue: int) -> None:
+    """Retry-After is the queue's drain time at the measured completion rate, not a constant."""
+    app, clock = HoldApp(), FakeClock()
+    gate = gate_for(app, clock, max_concurrent=1, queue_capacity=queue)
+    # A completion rate of 10/s: 3 windows of 64 completions, 0.1 s apart.
+    for _ in range(3 * 64):
+        clock.advance(0.1)
+        ex = Exchange(gate, path="/fast")
+        ex.push_body()
+        await ex.run()
+    async with anyio.create_task_group() as tg:
+        for _ in range(1 + queue):  # one seat, then a full queue
+            ex = Exchange(gate, path="/hold")
+            ex.push_body()
+            tg.start_soon(ex.run)
+        await wait_all_tasks_blocked()
+        assert gate.stats().queued == queue
+        rejected = await start(tg, gate, "/x")
+        app.open("/hold")
+    retry = assert_rejection(rejected, "QUEUE_FULL")
+    drain = (queue + 1) / 10
+    assert math.ceil(drain) <= retry <= math.ceil(drain * 1.5)
+
+
+async def test_disconnect_while_queued_leaves_queue_and_takes_no_seat() -> None:
+    """A client that leaves while queued is dropped at once; the app never sees it."""
+    app = HoldApp()
+    gate = gate_for(app, max_concurrent=1)
+    async with anyio.create_task_group() as tg:
+        await start(tg, gate, "/hold1")
+        leaving = Exchange(gate, path="/hold2")
+        leaving.push_body(b"part-1", more=True)
+        tg.start_soon(leaving.run)
+        await wait_all_tasks_blocked()
+        assert gate.stats().queued == 1
+        leaving.disconnect()
+        await wait_all_tasks_blocked()
+        assert leaving.done and leaving.error is None
+        assert leaving.sent == []
+        assert (gate.stats().active, gate.stats().queued) == (1, 0)
+        app.open("/hold1")
+    assert app.calls == ["/hold1"]
+    assert gate.stats().active == 0
+
+
+async def test_body_read_while_queued_is_replayed_in_order_without_invented_messages() -> None:
+    """Body chunks read while waiting reach the app in order; nothing is added or lost."""
+    app = HoldApp()
+    gate = gate_for(app, max_concurrent=1)
+    async with anyio.create_task_group() as tg:
+        await start(tg, gate, "/hold1")
+        ex = Exchange(gate, path="/echo", method="POST")
+        tg.start_soon(ex.run)
+        chunks = [b"alpha-", b"beta-", b"gamma"]
+        for i, chunk in enumerate(chunks):
+            ex.push_body(chunk, more=i < len(chunks) - 1)
+            await wait_all_tasks_blocked()
+        assert gate.stats().queued == 1 and app.calls == ["/hold1"]
+        app.open("/hold1")
+    assert ex.status == 200
+    assert ex.body == b"alpha-beta-gamma"
+    assert app.received["/echo"] == [
+        {"type": "http.request", "body": c, "more_body": i < 2} for i, c in enumerate(chunks)
+    ]
+
+
+async def test_app_exception_releases_the_seat_on_both_paths() -> None:
+    """An exception from the app propagates and the seat comes back, fast path or queued."""
+    app = HoldApp()
+    gate = gate_for(app, max_concurrent=1)
+    async with anyio.create_task_group() as tg:
+        boom_fast = await start(tg, gate, "/boom-fast")
+        await start(tg, gate, "/hold1")
+        boom_queued = await start(tg, gate, "/boom-queued")
+        app.open("/hold1")
+    assert isinstance(boom_fast.error, RuntimeError)
+    assert isinstance(boom_queued.error, RuntimeError)
+    assert (gate.stats().active, gate.stats().queued) == (0, 0)
+
+
+async def test_cancellation_releases_seat_and_leaves_queue() -> None:
+    """Cancelling a running request frees its seat; cancelling a queued one removes it."""
+    app = HoldApp()
+    gate = gate_for(app, max_concurrent=1)
+    async with anyio.create_task_group() as outer:
+        async with anyio.create_task_group() as tg:
+            await start(tg, gate, "/hold-running")
+            await start(tg, gate, "/hold-queued")
+            assert (gate.stats().active, gate.stats().queued) == (1, 1)
+            tg.cancel_scope.cancel()
+        survivor = await start(outer, gate, "/fast")
+    assert (gate.stats().active, gate.stats().queued) == (0, 0)
+    assert survivor.status == 200
+    assert app.calls == ["/hold-running", "/fast"]
+
+
+async def test_streaming_response_holds_the_seat_until_the_last_chunk() -> None:
+    """The permit spans the whole streamed body, not just the response start."""
+    last_chunk = anyio.Event()
+
+    async def streaming(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        await last_chunk.wait()
+        await send({"type": "http.response.body", "body": b"last"})
+
+    gate = Gate(streaming, GateSettings(max_concurrent=1))
+    async with anyio.create_task_group() as tg:
+        stream = Exchange(gate, path="/stream")
+        tg.start_soon(stream.run)
+        await wait_all_tasks_blocked()
+        assert stream.body == b"first" and gate.stats().active == 1
+        second = await start(tg, gate, "/other")
+        assert gate.stats().queued == 1 and second.status is None
+        last_chunk.set()
+    assert stream.body == b"firstlast"
+    assert gate.stats().active == 0
+
+
+async def test_queue_wait_header_only_after_100ms() -> None:
+    """X-Queue-Wait-Time (seconds, 3 dp) on requests that waited over 100 ms only."""
+    app, clock = HoldApp(), FakeClock()
+    gate = gate_for(app, clock, max_concurrent=1)
+    async with anyio.create_task_group() as tg:
+        await start(tg, gate, "/hold1")
+        short = await start(tg, gate, "/fast-short")
+        clock.advance(0.05)
+        app.open("/hold1")
+    assert short.status == 200 and "x-queue-wait-time" not in short.headers
+    async with anyio.create_task_group() as tg:
+        await start(tg, gate, "/hold2")
+        long = await start(tg, gate, "/fast-long")
+        clock.advance(0.25)
+        app.open("/hold2")
+    assert long.headers["x-queue-wait-time"] == "0.250"
+
+
+async def test_higher_lane_is_served_first() -> None:
+    """A HIGH waiter that arrived after a NORMAL one gets the next seat."""
+    app = HoldApp()
+    classifier = RuleClassifier([Rule(prefix="/login", priority=Priority.HIGH)])
+    gate = Gate(app, GateSettings(max_concurrent=1), classifier=classifier)
+    async with anyio.create_task_group() as tg:
+        await start(tg, gate, "/hold1")
+        await start(tg, gate, "/normal")
+        await start(tg, gate, "/login")
+        app.open("/hold1")
+    assert app.calls == ["/hold1", "/login", "/normal"]
+
+
+async def test_bypass_paths_and_sub_paths_skip_admission() -> None:
+    """/health and /health/ready run even with every seat and the queue taken; /healthz not."""
+    app = HoldApp()
+    gate = gate_for(app, max_concurrent=1, queue_capacity=0)
+    async with anyio.create_task_group() as tg:
+        await start(tg, gate, "/hold1")
+        health = await start(tg, gate, "/health")
+        ready = await start(tg, gate, "/health/ready")
+        lookalike = await start(tg, gate, "/healthz")
+        app.open("/hold1")
+    assert health.status == ready.status == 200
+    assert_rejection(lookalike, "QUEUE_FULL")
+
+
+async def test_status_endpoint_reports_utilisation_levels() -> None:
+    """The JSON status: the original plan's fields; warning at >= 70 %, critical at >= 90 %."""
+    app = HoldApp()
+    gate = gate_for(app, max_concurrent=10)
+
+    async def status() -> dict[str, object]:
+        ex = Exchange(gate, path="/metrics/backpressure")
+        await ex.run()
+        assert ex.status == 200 and ex.headers["content-type"] == "application/json"
+        data = ex.json()
+        assert data["success"] is True
+        return dict(data["data"])
+
+    async with anyio.create_task_group() as tg:
+        levels = []
+        for i in range(9):
+            await start(tg, gate, f"/hold{i}")
+            levels.append(await status())
+        app.open("/x")
+        for i in range(9):
+            app.open(f"/hold{i}")
+    assert [d["current_requests"] for d in levels] == list(range(1, 10))
+    assert [d["status"] for d in levels] == ["healthy"] * 6 + ["warning"] * 2 + ["critical"]
+    assert levels[6]["utilization_percent"] == 70.0
+    assert {"queued_requests", "rejected_requests", "avg_wait_time_ms"} <= set(levels[0])
+
+
+async def test_kill_switch_passes_everything_through() -> None:
+    """enabled=False: no admission, no status endpoint, the app sees every request."""
+    app = HoldApp()
+    gate = gate_for(app, enabled=False, max_concurrent=1, queue_capacity=0)
+    async with anyio.create_task_group() as tg:
+        for i in range(3):
+            await start(tg, gate, f"/hold{i}")
+        status = await start(tg, gate, "/metrics/backpressure")
+        for i in range(3):
+            app.open(f"/hold{i}")
+    assert app.calls == ["/hold0", "/hold1", "/hold2", "/metrics/backpressure"]
+    assert status.status == 200 and gate.stats().admitted == 0
+
+
+@pytest.mark.parametrize("scope_type", ["lifespan", "websocket"])
+async def test_lifespan_and_websocket_pass_through(scope_type: str) -> None:
+    """Non-HTTP scopes reach the app untouched, even with every seat taken."""
+    seen: list[Scope] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope)
+        if scope["type"] == "http":
+            await anyio.sleep_forever()
+
+    gate = Gate(app, GateSettings(max_concurrent=1, queue_capacity=0))
+    async with anyio.create_task_group() as tg:
+        await start(tg, gate, "/busy")
+        scope = make_scope(type=scope_type)
+        await gate(scope, Exchange(app).receive, Exchange(app).send)
+        tg.cancel_scope.cancel()
+    assert seen[-1] is scope
+
+
+async def test_failing_classifier_falls_back_to_the_default_lane() -> None:
+    """A classifier that raises never turns into a 500: the request takes the NORMAL lane."""
+
+    class Broken:
+        def classify(self, scope: Scope) -> Priority:
+            raise KeyError("oops")
+
+    gate = Gate(ok_app, classifier=Broken())
+    ex = Exchange(gate, path="/x")
+    ex.push_body()
+    await ex.run()
+    assert ex.status == 200
+    assert gate.stats().lanes[Priority.NORMAL].admitted == 1
+
+
+async def test_chaos_10000_requests_leave_nothing_behind(anyio_backend: str) -> None:
+    """10,000 requests with random disconnects, app errors, cancellations and timeouts:
+    afterwards zero seats in use, an empty queue, and every request accounted for.
+
+    Regression: it found a seat leaked when a request was cancelled at the exit of the
+    disconnect-watching task group, just after its seat had been granted."""
+    import random
+
+    rng = random.Random(1234)
+    clock = FakeClock()
+    in_app = 0
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        nonlocal in_app
+        in_app += 1
+        try:
+            for _ in range(rng.randrange(4)):
+                await anyio.lowlevel.checkpoint()
+            if scope["path"] == "/boom":
+                raise RuntimeError("boom")
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await anyio.lowlevel.checkpoint()
+            await send({"type": "http.response.body", "body": b"ok"})
+        finally:
+            in_app -= 1
+
+    classifier = RuleClassifier(
+        [Rule(prefix="/h", priority=Priority.HIGH), Rule(prefix="/l", priority=Priority.LOW)]
+    )
+    gate = Gate(
+        app, GateSettings(max_concurrent=6, queue_capacity=20), classifier=classifier, clock=clock
+    )
+    outcomes: dict[str, int] = {}
+
+    async def one(path: str, action: str) -> None:
+        ex = Exchange(gate, path=path)
+        ex.push_body(b"x", more=True)
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ex.run)
+                for _ in range(rng.randrange(3)):
+                    await anyio.lowlevel.checkpoint()
+                if action == "disconnect":
+                    ex.disconnect()
+                elif action == "cancel":
+                    scope.cancel()
+                else:
+                    ex.push_body(b"y")
+        kind = "cancelled" if scope.cancelled_caught else str(ex.status)
+        outcomes[kind] = outcomes.get(kind, 0) + 1
+
+    paths = ["/h", "/n", "/l", "/boom"]
+    actions = ["ok"] * 6 + ["disconnect", "cancel"]
+    for _ in range(10_000 // 100):
+        async with anyio.create_task_group() as tg:
+            for _ in range(100):
+                tg.start_soon(one, rng.choice(paths), rng.choice(actions))
+            clock.advance(rng.choice([0.0, 0.0, 1.0, 3.0]))
+    stats = gate.stats()
+    assert (stats.active, stats.queued, in_app) == (0, 0, 0)
+    assert sum(outcomes.values()) == 10_000
+    assert outcomes.get("503", 0) > 0 and outcomes.get("200", 0) > 0
+    assert json.loads(json.dumps(stats.as_status_json()))["data"]["current_requests"] == 0
+

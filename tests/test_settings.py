@@ -1,0 +1,131 @@
+"""GateSettings and LaneSettings: defaults, env names of the original plan, presets, errors."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from lockgate import GateSettings, LaneSettings, Priority
+
+
+def test_defaults_match_the_design() -> None:
+    """The documented defaults (DESIGN §2-§3), so a change to them is a conscious one."""
+    s = GateSettings()
+    assert (s.max_concurrent, s.queue_capacity, s.wait_timeout) == (100, 1000, 3.0)
+    assert s.effective_reject_threshold == s.max_concurrent + s.queue_capacity
+    assert s.lanes[Priority.CRITICAL].lendable == 0.0
+    assert s.lanes[Priority.LOW].borrow_limit == 2.0
+    assert [lane.share for lane in s.lanes.ordered()] == [0.10, 0.40, 0.40, 0.10]
+
+
+def test_original_env_names_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deployment of the original plan keeps its .env unchanged."""
+    monkeypatch.setenv("BACKPRESSURE_MAX_CONCURRENT", "42")
+    monkeypatch.setenv("BACKPRESSURE_QUEUE_CAPACITY", "7")
+    monkeypatch.setenv("BACKPRESSURE_WAIT_TIMEOUT", "1.5")
+    monkeypatch.setenv("BACKPRESSURE_REJECT_THRESHOLD", "45")
+    s = GateSettings()
+    assert (s.max_concurrent, s.queue_capacity, s.wait_timeout, s.reject_threshold) == (
+        42, 7, 1.5, 45,
+    )
+
+
+@pytest.mark.parametrize(("value", "enabled"), [("false", False), ("0", False), ("true", True)])
+def test_kill_switch(monkeypatch: pytest.MonkeyPatch, value: str, enabled: bool) -> None:
+    """ENABLE_BACKPRESSURE turns the gate off and on without a code change."""
+    monkeypatch.setenv("ENABLE_BACKPRESSURE", value)
+    assert GateSettings().enabled is enabled
+
+
+def test_nested_lane_env_overrides_only_what_it_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BACKPRESSURE_LANES__LOW__SHARE keeps low's other defaults (borrow_limit 2.0)."""
+    monkeypatch.setenv("BACKPRESSURE_LANES__LOW__SHARE", "0.3")
+    low = GateSettings().lanes.low
+    assert (low.share, low.borrow_limit, low.lendable) == (0.3, 2.0, 1.0)
+
+
+def test_partial_lane_dict_merges_with_lane_defaults() -> None:
+    """Overriding one key of a lane keeps that lane's own defaults for the others."""
+    s = GateSettings(lanes={"critical": {"share": 0.2}})  # type: ignore[arg-type]
+    assert s.lanes.critical.share == 0.2
+    assert s.lanes.critical.lendable == 0.0
+    assert s.lanes.high.share == 0.40
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("development", (20, 100, 10.0, 120)),
+        ("staging", (80, 500, 5.0, 580)),
+        ("production", (100, 1000, 3.0, 1100)),
+    ],
+)
+def test_presets_of_the_original_plan(name: str, expected: tuple[int, int, float, int]) -> None:
+    """The three environments of the original capacity plan."""
+    s = GateSettings.preset(name)  # type: ignore[arg-type]
+    assert (s.max_concurrent, s.queue_capacity, s.wait_timeout, s.reject_threshold) == expected
+
+
+def test_preset_overrides_and_unknown_name() -> None:
+    """A preset takes overrides; an unknown preset is a clear error."""
+    assert GateSettings.preset("staging", max_concurrent=10).max_concurrent == 10
+    with pytest.raises(ValueError, match=r"^unknown preset 'prod'; choose one of "):
+        GateSettings.preset("prod")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"max_concurrent": 0}, "max_concurrent"),
+        ({"queue_capacity": -1}, "queue_capacity"),
+        ({"wait_timeout": 0}, "wait_timeout"),
+        ({"wait_timeout": float("nan")}, "wait_timeout"),
+        ({"target_wait": -0.1}, "target_wait"),
+        ({"reject_threshold": 0}, "reject_threshold"),
+        ({"lanes": {"low": {"lendable": 1.5}}}, "lanes.low.lendable"),
+        ({"lanes": {"high": {"borrow_limit": -1}}}, "lanes.high.borrow_limit"),
+        ({"lanes": {"high": {"bogus": 1}}}, "lanes.high.bogus"),
+        ({"max_concurent": 5}, "max_concurent"),
+    ],
+)
+def test_invalid_values_name_the_field(kwargs: dict[str, object], field: str) -> None:
+    """Invalid settings raise ValidationError whose error location is the field."""
+    with pytest.raises(ValidationError) as info:
+        GateSettings(**kwargs)  # type: ignore[arg-type]
+    locations = {".".join(str(p) for p in err["loc"]) for err in info.value.errors()}
+    assert field in locations
+
+
+def test_invalid_env_value_names_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad value in the environment is reported, never clamped or ignored."""
+    monkeypatch.setenv("BACKPRESSURE_MAX_CONCURRENT", "-3")
+    with pytest.raises(ValidationError, match="max_concurrent"):
+        GateSettings()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"max_concurrent": 10, "reject_threshold": 5},
+            "reject_threshold must be >= max_concurrent",
+        ),
+        ({"bypass_paths": ["health"]}, "paths must start with '/'"),
+        ({"status_path": "status"}, "paths must start with '/'"),
+        (
+            {"lanes": {n: {"share": 0} for n in ("critical", "high", "normal", "low")}},
+            "shares must have a positive sum",
+        ),
+    ],
+)
+def test_cross_field_errors(kwargs: dict[str, object], message: str) -> None:
+    """Checks across fields raise ValidationError with a message that says what is wrong."""
+    with pytest.raises(ValidationError, match=message):
+        GateSettings(**kwargs)  # type: ignore[arg-type]
+
+
+def test_lane_settings_are_frozen() -> None:
+    """Settings are values: changing one in place is an error, not a silent no-op."""
+    lane = LaneSettings(share=1)
+    with pytest.raises(ValidationError):
+        lane.share = 2
