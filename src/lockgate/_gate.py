@@ -20,7 +20,7 @@ from ._classifier import Classifier, RuleClassifier, load_classifier
 from ._clock import Clock
 from ._exceptions import Rejected
 from ._lanes import Priority
-from ._responses import retry_after_seconds, send_json, send_rejection, status_body
+from ._responses import send_json, send_rejection, status_body
 from ._scheduler import Permit, PriorityScheduler
 from ._settings import GateSettings
 from ._stats import GateStats
@@ -135,7 +135,7 @@ class Gate:
             # exit, above): the seat is released in the ``finally`` whatever happens.
             if rejected is not None:
                 if not disconnected:
-                    retry = retry_after_seconds(self.scheduler.drain_time())
+                    retry = self.scheduler.retry_after(lane)
                     await send_rejection(send, rejected.reason, retry)
                 return
             if permit is None or disconnected:  # the client left: it takes no seat

@@ -7,14 +7,12 @@ once at import; only ``Retry-After`` and the body's ``retry_after`` are filled i
 from __future__ import annotations
 
 import json
-import math
-import random
 
 from ._exceptions import RejectReason
 from ._stats import GateStats
 from ._types import Send
 
-__all__ = ["retry_after_seconds", "send_json", "send_rejection", "status_body"]
+__all__ = ["send_json", "send_rejection", "status_body"]
 
 MESSAGES: dict[RejectReason, str] = {
     RejectReason.SYSTEM_OVERLOAD: "The service is overloaded; retry after the indicated delay.",
@@ -33,20 +31,6 @@ _BODY_PREFIX = {
 }
 _JSON = (b"content-type", b"application/json")
 _NO_STORE = (b"cache-control", b"no-store")
-MAX_RETRY_AFTER = 60
-
-
-def retry_after_seconds(drain_time: float, jitter: float | None = None) -> int:
-    """``Retry-After`` for a queue that drains in ``drain_time`` seconds.
-
-    ``ceil(drain_time * (1 + jitter))`` with ``jitter`` uniform in [0, 0.5) unless given,
-    so that rejected clients do not all come back in the same second; 1..60.
-    """
-    if jitter is None:
-        jitter = random.random() * 0.5
-    if not math.isfinite(drain_time):
-        return MAX_RETRY_AFTER
-    return max(1, min(MAX_RETRY_AFTER, math.ceil(drain_time * (1.0 + jitter))))
 
 
 async def send_json(

@@ -32,7 +32,15 @@ from types import TracebackType
 import anyio
 
 from ._clock import Clock, MonotonicClock
-from ._exceptions import QueueFull, QueueTimeout, Rejected, RejectReason, SystemOverload
+from ._discipline import QueueDiscipline
+from ._exceptions import (
+    DeadlineUnreachable,
+    QueueFull,
+    QueueTimeout,
+    Rejected,
+    RejectReason,
+    SystemOverload,
+)
 from ._lanes import LaneSeats, Priority, lane_seats
 from ._settings import GateSettings, LaneSettings, LanesSettings
 from ._stats import GateStats, LaneStats
@@ -41,9 +49,10 @@ __all__ = ["Permit", "PriorityScheduler"]
 
 _LANES = tuple(Priority)
 _WAITING, _GRANTED, _GONE = 0, 1, 2
-_RATE_EVERY = 63  # sample the completion rate every 64 releases (a bit mask)
+SAMPLE_EVERY = 4
+"""One permit in this many admitted at once is timed (waiters always are)."""
 _REJECTIONS: dict[RejectReason, type[Rejected]] = {
-    cls.reason: cls for cls in (SystemOverload, QueueFull, QueueTimeout)
+    cls.reason: cls for cls in (SystemOverload, QueueFull, QueueTimeout, DeadlineUnreachable)
 }
 
 
@@ -54,20 +63,28 @@ class Permit:
     ``release()`` in a ``finally``.
     """
 
-    __slots__ = ("_scheduler", "lane", "released", "waited")
+    __slots__ = ("_scheduler", "lane", "released", "since", "waited")
 
-    def __init__(self, scheduler: PriorityScheduler, lane: Priority, waited: float = 0.0) -> None:
+    def __init__(
+        self,
+        scheduler: PriorityScheduler,
+        lane: Priority,
+        waited: float = 0.0,
+        since: float | None = None,
+    ) -> None:
         self._scheduler = scheduler
         self.lane = lane
         self.waited = waited
         """Seconds spent in the queue before the seat was handed over (0.0 when immediate)."""
+        self.since = since
+        """Clock time the seat was taken, when this permit is timed (a sample), else None."""
         self.released = False
 
     def release(self) -> None:
         """Give the seat back (to the next waiter, if any). Only the first call counts."""
         if not self.released:
             self.released = True
-            self._scheduler._release(self.lane)
+            self._scheduler._release(self.lane, self.since)
 
     def __enter__(self) -> Permit:
         return self
@@ -118,6 +135,7 @@ class PriorityScheduler:
         queue_capacity: int = 1000,
         wait_timeout: float = 3.0,
         reject_threshold: int | None = None,
+        target_wait: float | None = None,
         clock: Clock | None = None,
     ) -> None:
         if limit < 1:
@@ -144,9 +162,8 @@ class PriorityScheduler:
         self._admitted = [0, 0, 0, 0]
         self._rejected: list[dict[str, int]] = [{} for _ in _LANES]
         self._wait_sum = 0.0
-        self._completed = 0
-        self._rate = 0.0
-        self._rate_at: float | None = None  # the first window (from start-up) is discarded
+        self._countdown = SAMPLE_EVERY
+        self.discipline = QueueDiscipline(len(_LANES), target_wait, wait_timeout)
         self.set_limit(limit)
 
     @classmethod
@@ -160,6 +177,7 @@ class PriorityScheduler:
             queue_capacity=settings.queue_capacity,
             wait_timeout=settings.wait_timeout,
             reject_threshold=settings.reject_threshold,
+            target_wait=settings.target_wait,
             clock=clock,
         )
 
@@ -203,18 +221,29 @@ class PriorityScheduler:
         if u < self._guaranteed[lane] or (u < self._max[lane] and self._occupied < self._limit):
             self._take(lane)
             self._admitted[lane] += 1
-            return Permit(self, lane)
+            self._countdown -= 1
+            if self._countdown:
+                return Permit(self, lane)
+            self._countdown = SAMPLE_EVERY
+            return Permit(self, lane, 0.0, self._clock.now())
         return None
 
     async def acquire(
         self,
         lane: Priority,
         timeout: float | None = None,  # noqa: ASYNC109 - a queue budget, answered QueueTimeout
+        *,
+        budget: float | None = None,
     ) -> Permit:
         """Wait for a seat in ``lane``, at most ``timeout`` seconds (default ``wait_timeout``).
 
+        ``budget`` is the time the caller has left for the whole request (its deadline): when
+        the predicted wait plus the lane's service time exceeds it, ``DeadlineUnreachable``
+        is raised at once, and the wait never outlasts it.
+
         Raises ``SystemOverload`` or ``QueueFull`` at once when the request may not wait,
-        ``QueueFull`` later if a higher lane displaced it, ``QueueTimeout`` when time ran out.
+        ``QueueFull`` later if a higher lane displaced it, ``QueueTimeout`` when time ran out
+        (or, in an overloaded lane, when it waited past the standing-queue target).
         Cancellation is safe: a cancelled waiter leaves the queue, and a seat granted to it
         in the same instant is passed on.
         """
@@ -222,10 +251,15 @@ class PriorityScheduler:
         permit = self.try_acquire(lane)
         if permit is not None:
             return permit
+        wait = self._wait_timeout if timeout is None else timeout
+        if budget is not None:
+            slack = budget - self.discipline.service_time(lane)
+            if self.discipline.predicted_wait(self._ahead(lane), self._limit) > slack:
+                self._reject_arrival(lane, RejectReason.DEADLINE_UNREACHABLE)
+            wait = min(wait, slack)
         waiter = self._enqueue(lane)
-        deadline = waiter.enqueued + (self._wait_timeout if timeout is None else timeout)
         try:
-            with self._clock.deadline_scope(deadline):
+            with self._clock.deadline_scope(waiter.enqueued + wait):
                 await waiter.event.wait()
         except BaseException:
             if waiter.state == _GRANTED:
@@ -249,7 +283,21 @@ class PriorityScheduler:
         counts = self._rejected[lane]
         counts[reason.value] = counts.get(reason.value, 0) + 1
 
+    def retry_after(self, lane: Priority) -> int:
+        """``Retry-After`` seconds for a request of ``lane`` refused now: the predicted time
+        for the waiters ahead of it to drain, with jitter (see ``QueueDiscipline``)."""
+        return self.discipline.retry_after(self._ahead(lane), self._limit)
+
+    def _ahead(self, lane: Priority) -> int:
+        """Waiters served before a newcomer of ``lane``: its own and every higher lane's."""
+        return sum(self._queued[: lane + 1])
+
+    # -- the queue --------------------------------------------------------------------------
+
     def _enqueue(self, lane: Priority) -> _Waiter:
+        now = self._clock.now()
+        if self.discipline.overloaded(lane, now):
+            self._shed_stale(lane, now)
         limit = self._queue_limits[lane]
         overload = self._active + self._queued_total >= self._reject_threshold
         if limit is not None and self._queued[lane] >= limit:
@@ -258,8 +306,10 @@ class PriorityScheduler:
         if (full or overload) and not self._displace_below(lane):
             reason = RejectReason.QUEUE_FULL if full else RejectReason.SYSTEM_OVERLOAD
             self._reject_arrival(lane, reason)
-        waiter = _Waiter(lane, self._clock.now())
+        waiter = _Waiter(lane, now)
         self._queues[lane].append(waiter)
+        if not self._queued[lane]:
+            self.discipline.queue_started(lane, now)
         self._queued[lane] += 1
         self._queued_total += 1
         return waiter
@@ -268,33 +318,63 @@ class PriorityScheduler:
         self.record_rejection(lane, reason)
         raise _REJECTIONS[reason]()
 
+    def _dequeued(self, lane: Priority, served: bool = False) -> None:
+        """Count one live waiter of ``lane`` out of the queue (``served``: granted a seat)."""
+        self._queued_total -= 1
+        self._queued[lane] -= 1
+        if not self._queued[lane]:
+            self.discipline.queue_emptied(lane, self._clock.now(), served)
+
+    def _turn_away(self, waiter: _Waiter, reason: RejectReason) -> None:
+        """Answer a waiter (already out of its queue) with a rejection."""
+        self._dequeued(waiter.lane)
+        waiter.state = _GONE
+        waiter.reason = reason
+        self.record_rejection(waiter.lane, reason)
+        waiter.event.set()
+
+    def _pop(self, lane: Priority, newest: bool) -> _Waiter:
+        """The oldest (FIFO) or newest (LIFO) live waiter of a lane that has one."""
+        queue = self._queues[lane]
+        waiter = queue.pop() if newest else queue.popleft()
+        while waiter.state != _WAITING:
+            self._dead[lane] -= 1
+            waiter = queue.pop() if newest else queue.popleft()
+        return waiter
+
     def _displace_below(self, lane: Priority) -> bool:
         """Turn away the youngest waiter of the lowest lane below ``lane``; False if none."""
         for victim_lane in reversed(_LANES[lane + 1 :]):
             if self._queued[victim_lane]:
-                queue = self._queues[victim_lane]
-                while queue[-1].state != _WAITING:
-                    queue.pop()
-                    self._dead[victim_lane] -= 1
-                victim = queue.pop()
-                self._queued[victim_lane] -= 1
-                self._queued_total -= 1
-                victim.state = _GONE
-                victim.reason = RejectReason.QUEUE_FULL
-                self.record_rejection(victim_lane, victim.reason)
-                victim.event.set()
+                self._turn_away(self._pop(victim_lane, newest=True), RejectReason.QUEUE_FULL)
                 return True
         return False
+
+    def _shed_stale(self, lane: Priority, now: float) -> None:
+        """In an overloaded lane, answer every waiter older than the target at once."""
+        oldest_allowed = now - self.discipline.target(lane)
+        queue = self._queues[lane]
+        while self._queued[lane]:
+            head = queue[0]
+            if head.state != _WAITING:
+                queue.popleft()
+                self._dead[lane] -= 1
+            elif head.enqueued < oldest_allowed:
+                queue.popleft()
+                self._turn_away(head, RejectReason.QUEUE_TIMEOUT)
+            else:
+                return
 
     def _remove(self, waiter: _Waiter) -> None:
         """Take a still-waiting waiter out of its queue (cancelled or timed out)."""
         lane = waiter.lane
         waiter.state = _GONE
-        self._queued[lane] -= 1
-        self._queued_total -= 1
+        self._dequeued(lane)
         queue = self._queues[lane]
         if queue[0] is waiter:
             queue.popleft()
+        elif queue[-1] is waiter:
+            queue.pop()
         else:
             self._dead[lane] += 1
             if self._dead[lane] > 32 and self._dead[lane] > self._queued[lane]:
@@ -310,41 +390,45 @@ class PriorityScheduler:
         self._used[lane] = u + 1
         self._active += 1
 
-    def _release(self, lane: Priority) -> None:
+    def _release(self, lane: Priority, since: float | None) -> None:
         u = self._used[lane] - 1
         self._used[lane] = u
         if u >= self._guaranteed[lane]:
             self._occupied -= 1
         self._active -= 1
-        self._completed += 1
-        if not self._completed & _RATE_EVERY:
-            self._sample_rate()
+        if since is not None:
+            self.discipline.record_service(lane, self._clock.now() - since)
         if self._queued_total:
             self._dispatch()
 
     def _dispatch(self) -> None:
-        """Hand free seats to waiters until no waiter can take one."""
+        """Hand free seats to waiters until no waiter can take one.
+
+        An overloaded lane first sheds its waiters older than the target, then is served
+        newest-first; any other lane oldest-first.
+        """
+        now = self._clock.now()
         while self._queued_total:
             lane = self._next_lane()
             if lane is None:
                 return
-            queue = self._queues[lane]
-            waiter = queue.popleft()
-            while waiter.state != _WAITING:
-                self._dead[lane] -= 1
-                waiter = queue.popleft()
-            self._queued[lane] -= 1
-            self._queued_total -= 1
+            overloaded = self.discipline.overloaded(lane, now)
+            if overloaded:
+                self._shed_stale(lane, now)
+                if not self._queued[lane]:
+                    continue
+            waiter = self._pop(lane, newest=overloaded)
+            self._dequeued(lane, served=True)
             self._take(lane)
             self._admitted[lane] += 1
-            waited = self._clock.now() - waiter.enqueued
+            waited = now - waiter.enqueued
             self._wait_sum += waited
-            waiter.permit = Permit(self, lane, waited)
+            waiter.permit = Permit(self, lane, waited, now)
             waiter.state = _GRANTED
             waiter.event.set()
 
     def _next_lane(self) -> Priority | None:
-        """The lane whose head waiter gets the next seat: guarantee, repayment, priority."""
+        """The lane whose waiter gets the next seat: guarantee, repayment, priority."""
         queued, used = self._queued, self._used
         free = self._occupied < self._limit
         borrower: Priority | None = None
@@ -362,24 +446,6 @@ class PriorityScheduler:
         return borrower
 
     # -- observation ------------------------------------------------------------------------
-
-    def _sample_rate(self) -> None:
-        now = self._clock.now()
-        elapsed = 0.0 if self._rate_at is None else now - self._rate_at
-        if elapsed > 0:
-            sample = (_RATE_EVERY + 1) / elapsed
-            self._rate = sample if self._rate == 0.0 else 0.7 * self._rate + 0.3 * sample
-        self._rate_at = now
-
-    def drain_time(self) -> float:
-        """Seconds until the queue (plus one newcomer) drains at the recent completion rate.
-
-        The rate is a moving average of the time every 64 completions took; until the first
-        sample the answer is one ``wait_timeout``.
-        """
-        if self._rate <= 0.0:
-            return self._wait_timeout
-        return (self._queued_total + 1) / self._rate
 
     def stats(self) -> GateStats:
         """A frozen snapshot of seats, queue and counters."""

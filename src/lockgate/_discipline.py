@@ -1,0 +1,134 @@
+"""Queue discipline: the measurements that decide how a lane's queue is served.
+
+* **Service times** per lane: a running median of how long permits are held (sampled).
+* **Standing-queue detection** (Facebook's adaptive LIFO + CoDel): a lane is *overloaded* while
+  its queue has not been empty for the last ``interval``. While overloaded it is served
+  newest-first and waiters older than ``target`` are answered ``QUEUE_TIMEOUT`` at once. Both
+  numbers scale with the lane's own service time, so a queue that drains within about one
+  service time is not called standing: ``interval = max(100 ms, 2 x median)``,
+  ``target = max(target_wait, median)``.
+* **Drain predictions** for deadline admission and ``Retry-After``, by Little's law: with every
+  seat busy the queue moves at ``limit / mean service time``, so a waiter with ``ahead``
+  waiters before it is served after ``(ahead + 1) x mean / limit``. The mean is a moving
+  average of sampled hold times across lanes. (A completion-rate meter was tried first: after
+  an idle hour its first window says "one request a minute" and the first rejections of a
+  spike would tell clients to come back in a minute.)
+
+Pure arithmetic over numbers the scheduler hands in; no clock of its own, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+__all__ = ["QueueDiscipline"]
+
+_SAMPLES = 31  # odd: the median is one element
+MIN_INTERVAL = 0.1
+RETRY_AFTER_MAX = 60
+
+
+class _Median:
+    """Median of the last ``_SAMPLES`` values, recomputed once per full round."""
+
+    __slots__ = ("_i", "_values", "value")
+
+    def __init__(self) -> None:
+        self._values: list[float] = []
+        self._i = 0
+        self.value = 0.0
+
+    def add(self, x: float) -> None:
+        values = self._values
+        if len(values) < _SAMPLES:
+            values.append(x)
+            if len(values) in (1, 3, 7, 15, _SAMPLES):  # early estimates while warming up
+                self.value = sorted(values)[len(values) // 2]
+            return
+        values[self._i] = x
+        self._i = (self._i + 1) % _SAMPLES
+        if self._i == 0:
+            self.value = sorted(values)[_SAMPLES // 2]
+
+
+class QueueDiscipline:
+    """Per-lane service times, standing-queue detection and drain predictions."""
+
+    def __init__(self, lanes: int, target_wait: float | None, wait_timeout: float) -> None:
+        self.target_wait = target_wait
+        self.wait_timeout = wait_timeout
+        self._service = [_Median() for _ in range(lanes)]
+        self._standing_since: list[float | None] = [None] * lanes
+        self._emptied_at = [0.0] * lanes
+        self.mean_service = 0.0
+
+    # -- service times and standing queues -------------------------------------------------
+
+    def record_service(self, lane: int, seconds: float) -> None:
+        """One permit of ``lane`` was held ``seconds``."""
+        if seconds >= 0.0:
+            self._service[lane].add(seconds)
+            mean = self.mean_service
+            self.mean_service = seconds if mean == 0.0 else mean + 0.05 * (seconds - mean)
+
+    def service_time(self, lane: int) -> float:
+        """Median hold time of ``lane``'s permits; the mean over all lanes until the lane has
+        a sample of its own; 0.0 before any sample at all."""
+        return self._service[lane].value or self.mean_service
+
+    def target(self, lane: int) -> float:
+        """Longest wait of a waiter in an overloaded lane (``inf`` when control is off)."""
+        if self.target_wait is None:
+            return math.inf
+        return max(self.target_wait, self.service_time(lane))
+
+    def interval(self, lane: int) -> float:
+        """How long a queue must stand before the lane is called overloaded."""
+        return max(MIN_INTERVAL, 2.0 * self.service_time(lane))
+
+    def queue_started(self, lane: int, now: float) -> None:
+        """``lane``'s queue went from empty to one waiter."""
+        since = self._standing_since[lane]
+        if since is None or now - self._emptied_at[lane] >= self.interval(lane):
+            self._standing_since[lane] = now
+
+    def queue_emptied(self, lane: int, now: float, served: bool) -> None:
+        """``lane``'s queue became empty: by serving its last waiter (the queue is gone), or
+        by shedding, displacement, cancellation (it still stands unless it stays empty for
+        an interval -- else shedding would reset the overload it answers)."""
+        if served:
+            self._standing_since[lane] = None
+        else:
+            self._emptied_at[lane] = now
+
+    def overloaded(self, lane: int, now: float) -> bool:
+        """Has ``lane``'s queue stood (not been emptied by service) for one interval?
+
+        Never before the first service-time sample: until something has finished, nothing
+        says how long a queue may stand, and a slow endpoint must not be shed on start-up.
+        """
+        since = self._standing_since[lane]
+        return (
+            since is not None
+            and self.target_wait is not None
+            and self.mean_service > 0.0
+            and now - since >= self.interval(lane)
+        )
+
+    # -- predictions ----------------------------------------------------------------------
+
+    def predicted_wait(self, ahead: int, limit: int) -> float:
+        """Seconds until a waiter with ``ahead`` waiters before it is served, all ``limit``
+        seats busy; before any sample, one ``wait_timeout``."""
+        if self.mean_service <= 0.0:
+            return self.wait_timeout
+        return (ahead + 1) * self.mean_service / limit
+
+    def retry_after(self, ahead: int, limit: int, jitter: float | None = None) -> int:
+        """``Retry-After``: the predicted drain time for ``ahead`` waiters, plus up to 50 %
+        jitter so refused clients do not come back together; an integer in 1..60."""
+        drain = self.predicted_wait(ahead, limit)
+        if jitter is None:
+            jitter = random.random() * 0.5
+        return max(1, min(RETRY_AFTER_MAX, math.ceil(drain * (1.0 + jitter))))

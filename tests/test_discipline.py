@@ -1,0 +1,252 @@
+"""Queue discipline: standing-queue control (adaptive LIFO + CoDel target), service-time
+scaling, deadline admission and Retry-After. All on a fake clock: zero wall time."""
+
+from __future__ import annotations
+
+import math
+
+import anyio
+import pytest
+from anyio import wait_all_tasks_blocked
+
+from lockgate import DeadlineUnreachable, Permit, Priority, PriorityScheduler, QueueTimeout
+from lockgate._discipline import QueueDiscipline
+from lockgate._scheduler import SAMPLE_EVERY
+from lockgate.testing import FakeClock
+
+pytestmark = pytest.mark.anyio
+NORMAL = Priority.NORMAL
+
+
+class Waiters:
+    """Starts waiters and records, per name, the permit or the exception they ended with."""
+
+    def __init__(self, scheduler: PriorityScheduler, tg: anyio.abc.TaskGroup) -> None:
+        self.scheduler, self.tg = scheduler, tg
+        self.outcome: dict[str, Permit | Exception] = {}
+        self.order: list[str] = []
+
+    async def add(self, name: str, lane: Priority = NORMAL, budget: float | None = None) -> None:
+        async def wait() -> None:
+            try:
+                permit = await self.scheduler.acquire(lane, budget=budget)
+            except Exception as exc:
+                self.outcome[name] = exc
+            else:
+                self.outcome[name] = permit
+                self.order.append(name)
+
+        self.tg.start_soon(wait)
+        await wait_all_tasks_blocked()
+
+    def release(self, name: str) -> None:
+        permit = self.outcome[name]
+        assert isinstance(permit, Permit)
+        permit.release()
+
+
+def teach_service_time(scheduler: PriorityScheduler, clock: FakeClock, seconds: float) -> None:
+    """Run enough immediate admissions, each held ``seconds``, for one to be timed."""
+    for _ in range(SAMPLE_EVERY):
+        permit = scheduler.try_acquire(NORMAL)
+        assert permit is not None
+        clock.advance(seconds)
+        permit.release()
+
+
+def make(limit: int = 1, target_wait: float | None = 0.05) -> tuple[PriorityScheduler, FakeClock]:
+    clock = FakeClock()
+    return PriorityScheduler(limit, target_wait=target_wait, wait_timeout=10, clock=clock), clock
+
+
+async def test_standing_queue_sheds_old_waiters_and_serves_newest_first() -> None:
+    """After the queue stood one interval: waiters older than the target are answered
+    QUEUE_TIMEOUT at the next event, and the newest waiter is served first."""
+    scheduler, clock = make()
+    teach_service_time(scheduler, clock, 0.02)  # target 50 ms, interval 100 ms
+    holder = scheduler.try_acquire(NORMAL)
+    assert holder is not None
+    async with anyio.create_task_group() as tg:
+        w = Waiters(scheduler, tg)
+        await w.add("old")
+        clock.advance(0.11)
+        await w.add("mid")  # the queue has stood 110 ms: "old" (110 ms) is shed now
+        assert isinstance(w.outcome["old"], QueueTimeout)
+        clock.advance(0.01)
+        await w.add("new")
+        holder.release()
+        await wait_all_tasks_blocked()
+        assert w.order == ["new"]
+        w.release("new")
+        await wait_all_tasks_blocked()
+        assert w.order == ["new", "mid"]
+        w.release("mid")
+    assert scheduler.stats().lanes[NORMAL].rejected == {"QUEUE_TIMEOUT": 1}
+    assert (scheduler.stats().active, scheduler.stats().queued) == (0, 0)
+
+
+async def test_short_lived_queue_stays_fifo() -> None:
+    """A queue younger than one interval is not standing: oldest first, nobody shed."""
+    scheduler, clock = make()
+    teach_service_time(scheduler, clock, 0.02)
+    holder = scheduler.try_acquire(NORMAL)
+    assert holder is not None
+    async with anyio.create_task_group() as tg:
+        w = Waiters(scheduler, tg)
+        await w.add("first")
+        clock.advance(0.06)  # older than the target, but the queue stood only 60 ms
+        await w.add("second")
+        holder.release()
+        await wait_all_tasks_blocked()
+        w.release("first")
+        await wait_all_tasks_blocked()
+        w.release("second")
+    assert w.order == ["first", "second"]
+
+
+async def test_target_and_interval_scale_with_service_time() -> None:
+    """A 2-second endpoint queues for seconds: target = median service, interval = 2x it."""
+    scheduler, clock = make()
+    teach_service_time(scheduler, clock, 2.0)
+    assert scheduler.discipline.target(NORMAL) == 2.0
+    assert scheduler.discipline.interval(NORMAL) == 4.0
+    holder = scheduler.try_acquire(NORMAL)
+    assert holder is not None
+    async with anyio.create_task_group() as tg:
+        w = Waiters(scheduler, tg)
+        await w.add("a")
+        clock.advance(3.9)
+        await w.add("b")  # the queue stood 3.9 s < 4 s: not overloaded, nobody shed
+        assert "a" not in w.outcome
+        clock.advance(0.2)
+        await w.add("c")  # stood 4.1 s: "a" (4.1 s) is past the 2 s target, "b" is not
+        assert isinstance(w.outcome["a"], QueueTimeout)
+        assert "b" not in w.outcome
+        tg.cancel_scope.cancel()
+    holder.release()
+
+
+async def test_no_shedding_before_any_service_sample() -> None:
+    """Cold start: until something finished, a standing queue is left alone (FIFO)."""
+    scheduler, clock = make()
+    holder = scheduler.try_acquire(NORMAL)
+    assert holder is not None
+    async with anyio.create_task_group() as tg:
+        w = Waiters(scheduler, tg)
+        await w.add("a")
+        clock.advance(5.0)
+        await w.add("b")
+        assert w.outcome == {}
+        holder.release()
+        await wait_all_tasks_blocked()
+        assert w.order == ["a"]
+        tg.cancel_scope.cancel()
+
+
+async def test_control_off_with_target_wait_none() -> None:
+    """target_wait=None: pure FIFO and wait_timeout, however long the queue stands."""
+    scheduler, clock = make(target_wait=None)
+    teach_service_time(scheduler, clock, 0.02)
+    holder = scheduler.try_acquire(NORMAL)
+    assert holder is not None
+    async with anyio.create_task_group() as tg:
+        w = Waiters(scheduler, tg)
+        await w.add("a")
+        clock.advance(1.0)
+        await w.add("b")
+        holder.release()
+        await wait_all_tasks_blocked()
+        assert w.order == ["a"] and "b" not in w.outcome
+        tg.cancel_scope.cancel()
+
+
+async def test_deadline_unreachable_is_answered_at_once() -> None:
+    """A budget below the predicted wait (Little's law) plus service time is refused at
+    arrival; a sufficient budget waits, but never longer than budget minus service time."""
+    scheduler, clock = make(limit=2)
+    teach_service_time(scheduler, clock, 0.1)  # mean 0.1 s; 2 seats → 20 waiters/s drain
+    holders = [scheduler.try_acquire(NORMAL), scheduler.try_acquire(NORMAL)]
+    async with anyio.create_task_group() as tg:
+        w = Waiters(scheduler, tg)
+        for i in range(3):
+            await w.add(f"w{i}")
+        # Three waiters ahead: predicted wait (3 + 1) x 0.1 / 2 = 0.2 s; service 0.1 s.
+        await w.add("tight", budget=0.29)
+        assert isinstance(w.outcome["tight"], DeadlineUnreachable)
+        await w.add("enough", budget=0.31)
+        assert "enough" not in w.outcome
+        clock.advance(0.31 - 0.1 - 1e-9)
+        await wait_all_tasks_blocked()
+        assert "enough" not in w.outcome
+        clock.advance(2e-9)
+        await wait_all_tasks_blocked()
+        assert isinstance(w.outcome["enough"], QueueTimeout)
+        tg.cancel_scope.cancel()
+    for holder in holders:
+        assert holder is not None
+        holder.release()
+    assert scheduler.stats().lanes[NORMAL].rejected == {
+        "DEADLINE_UNREACHABLE": 1,
+        "QUEUE_TIMEOUT": 1,
+    }
+
+
+def test_retry_after_is_the_drain_time_with_bounded_jitter() -> None:
+    """ceil(drain x (1 + jitter)); drain = (ahead + 1) x mean service / seats; 1..60."""
+    d = QueueDiscipline(4, 0.05, wait_timeout=3.0)
+    assert d.retry_after(ahead=10, limit=5, jitter=0.0) == 3  # no sample: one wait_timeout
+    d.record_service(2, 0.5)
+    assert d.predicted_wait(ahead=9, limit=5) == pytest.approx(1.0)
+    assert d.retry_after(ahead=9, limit=5, jitter=0.0) == 1
+    assert d.retry_after(ahead=29, limit=5, jitter=0.0) == 3
+    assert d.retry_after(ahead=29, limit=5, jitter=0.49) == math.ceil(3 * 1.49)
+    assert d.retry_after(ahead=10**6, limit=1, jitter=0.0) == 60
+    assert d.retry_after(ahead=0, limit=1000, jitter=0.0) == 1
+    values = {d.retry_after(ahead=99, limit=5) for _ in range(200)}
+    assert values <= set(range(10, 16)) and len(values) > 1
+
+
+def test_service_time_median_ignores_outliers() -> None:
+    """The per-lane service time is a running median: one slow request does not move it."""
+    d = QueueDiscipline(4, 0.05, wait_timeout=3.0)
+    for x in [0.05] * 20 + [30.0] + [0.05] * 10:
+        d.record_service(1, x)
+    assert d.service_time(1) == 0.05
+    assert d.service_time(3) == d.mean_service > 0.05  # no sample of its own: the mean
+
+
+async def test_queue_emptied_by_service_or_left_empty_is_no_longer_standing() -> None:
+    """Serving the last waiter ends the standing queue; so does staying empty an interval.
+    Emptying it by shedding alone does not (else shedding would reset the overload)."""
+    scheduler, clock = make()
+    teach_service_time(scheduler, clock, 0.02)
+    holder = scheduler.try_acquire(NORMAL)
+    assert holder is not None
+    async with anyio.create_task_group() as tg:
+        w = Waiters(scheduler, tg)
+        await w.add("a")
+        clock.advance(0.11)
+        assert scheduler.discipline.overloaded(NORMAL, clock.now())
+        await w.add("b")  # sheds "a": the queue was emptied by shedding, still standing
+        assert isinstance(w.outcome["a"], QueueTimeout)
+        assert scheduler.discipline.overloaded(NORMAL, clock.now())
+        holder.release()  # serves "b", the last waiter: the queue is gone
+        await wait_all_tasks_blocked()
+        assert w.order == ["b"]
+        await w.add("c")
+        assert not scheduler.discipline.overloaded(NORMAL, clock.now())
+        clock.advance(0.11)
+        assert scheduler.discipline.overloaded(NORMAL, clock.now())
+        tg.cancel_scope.cancel()  # "c" leaves by cancellation: emptied, not served
+    clock.advance(0.2)  # ... and the queue stays empty longer than an interval
+    w.release("b")
+    async with anyio.create_task_group() as tg:
+        w2 = Waiters(scheduler, tg)
+        blocker = scheduler.try_acquire(NORMAL)
+        assert blocker is not None
+        await w2.add("d")
+        assert not scheduler.discipline.overloaded(NORMAL, clock.now())
+        blocker.release()
+    assert w2.order == ["d"]
+    w2.release("d")
+    assert (scheduler.stats().active, scheduler.stats().queued) == (0, 0)
