@@ -462,3 +462,48 @@ async def test_chaos_10000_requests_leave_nothing_behind(anyio_backend: str) -> 
     assert outcomes.get("503", 0) > 0 and outcomes.get("200", 0) > 0
     assert json.loads(json.dumps(stats.as_status_json()))["data"]["current_requests"] == 0
 
+
+
+@pytest.mark.parametrize(
+    ("headers", "budget"),
+    [
+        ([(b"x-request-timeout", b"0.25")], 0.25),
+        ([(b"X-Request-Timeout", b"2")], 2.0),
+        ([(b"grpc-timeout", b"100m")], 0.1),
+        ([(b"grpc-timeout", b"3S")], 3.0),
+        ([(b"grpc-timeout", b"1H")], 3600.0),
+        ([(b"x-request-timeout", b"abc"), (b"grpc-timeout", b"5S")], 5.0),
+        ([(b"x-request-timeout", b"-1")], None),
+        ([(b"x-request-timeout", b"nan")], None),
+        ([(b"x-request-timeout", b"inf")], None),
+        ([(b"x-request-timeout", b"\xff\xfe")], None),
+        ([(b"grpc-timeout", b"123456789S")], None),
+        ([(b"grpc-timeout", b"10x")], None),
+        ([(b"grpc-timeout", b"S")], None),
+        ([], None),
+    ],
+)
+def test_request_budget_parsing(headers: list[tuple[bytes, bytes]], budget: float | None) -> None:
+    """Deadline headers parse to seconds; malformed ones are ignored, never an error."""
+    from lockgate._gate import request_budget
+
+    assert request_budget(make_scope(headers=headers)) == budget
+
+
+async def test_deadline_unreachable_only_when_deadline_headers_enabled() -> None:
+    """A queued request whose deadline cannot be met is refused at once, if configured."""
+    for enabled, expected in [(True, 503), (False, None)]:
+        app = HoldApp()
+        gate = gate_for(app, max_concurrent=1, deadline_headers=enabled)
+        async with anyio.create_task_group() as tg:
+            await start(tg, gate, "/hold")
+            ex = Exchange(gate, path="/x", headers=[(b"x-request-timeout", b"0.5")])
+            ex.push_body()
+            tg.start_soon(ex.run)
+            await wait_all_tasks_blocked()
+            # No service sample yet: the predicted wait is one wait_timeout (3 s) > 0.5 s.
+            assert ex.status == expected
+            if expected:
+                assert_rejection(ex, "DEADLINE_UNREACHABLE")
+            app.open("/hold")
+            tg.cancel_scope.cancel()

@@ -9,6 +9,7 @@ app and its framework never see them. Nothing per request is stored on ``self``.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -75,6 +76,7 @@ class Gate:
         self._bypass = _path_matcher(self.settings.bypass_paths)
         self._classify = self.classifier.classify
         self._try_acquire = self.scheduler.try_acquire
+        self._deadline_headers = self.settings.deadline_headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self._enabled:
@@ -123,11 +125,12 @@ class Gate:
             except Exception:  # the app will meet the same error on its own receive()
                 return
 
+        budget = request_budget(scope) if self._deadline_headers else None
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(watch, tg.cancel_scope)
                 try:
-                    permit = await self.scheduler.acquire(lane)
+                    permit = await self.scheduler.acquire(lane, budget=budget)
                 except Rejected as exc:
                     rejected = exc
                 tg.cancel_scope.cancel()
@@ -155,6 +158,31 @@ class Gate:
 
     def __repr__(self) -> str:
         return f"Gate({self.app!r}, {self.scheduler!r})"
+
+
+_GRPC_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+
+
+def request_budget(scope: Scope) -> float | None:
+    """The deadline a request carries, in seconds from now, or None.
+
+    ``X-Request-Timeout: <seconds>`` (a positive decimal) or gRPC's ``grpc-timeout``
+    (up to 8 digits and a unit of H M S m u n). Malformed values are ignored.
+    """
+    for name, value in scope.get("headers", ()):
+        name = bytes(name).lower()
+        try:
+            if name == b"x-request-timeout":
+                seconds = float(value)
+            elif name == b"grpc-timeout" and 2 <= len(value) <= 9 and value[:-1].isdigit():
+                seconds = int(value[:-1]) * _GRPC_UNITS[bytes(value[-1:])]
+            else:
+                continue
+        except (ValueError, KeyError):
+            continue
+        if 0.0 < seconds < math.inf:
+            return seconds
+    return None
 
 
 def _path_matcher(paths: Iterable[str]) -> Any:

@@ -119,6 +119,10 @@ class GateSettings(BaseSettings):
     lanes: LanesSettings = LanesSettings()
     target_wait: float | None = Field(default=0.05, gt=0, allow_inf_nan=False)
     """Standing-queue target, seconds; ``None`` turns queue management off."""
+    deadline_headers: bool = False
+    """Honour a client's deadline (``X-Request-Timeout: <seconds>`` or ``grpc-timeout``):
+    refuse at once with ``DEADLINE_UNREACHABLE`` when the predicted wait cannot meet it.
+    Off by default: a deadline header is client input."""
     limit: str = Field(default="fixed", min_length=1)
     """``"fixed"``, ``"aimd"``, ``"gradient2"`` or a ``lockgate.limits`` entry-point name."""
     bypass_paths: tuple[str, ...] = ("/health", "/metrics")
