@@ -5,9 +5,11 @@ Given the limit ``C`` and each lane's settings, every lane gets
 * ``nominal`` seats ``N_i``: a largest-remainder split of ``C`` by share, so ``sum(N_i) == C``
   exactly (Kubernetes APF's ``ceil`` split overshoots ``C``);
 * ``guaranteed`` seats ``G_i = N_i - floor(N_i * lendable_i)``: never used by another lane;
-* ``max`` seats ``Max_i = min(C, N_i + round(N_i * borrow_limit_i))`` (``C`` when unlimited).
+* ``max`` seats ``Max_i = min(C, max(1, N_i + round(N_i * borrow_limit_i)))`` (``C`` when
+  ``borrow_limit`` is ``None``).
 
-With a small ``C`` a lane may get ``N_i = 0``: it then runs only on borrowed seats.
+With a small ``C`` a lane may get ``N_i = 0``: it then runs only on borrowed seats, at least
+one (else a low lane of a 5-seat gate could never run at all).
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def lane_seats(limit: int, lanes: Sequence[_LaneShape]) -> tuple[LaneSeats, ...]
         guaranteed = n - math.floor(n * lane.lendable)
         if lane.borrow_limit is None:
             most = limit
-        else:
-            most = min(limit, n + round(n * lane.borrow_limit))
+        else:  # a lane whose share rounds to 0 seats still runs on one borrowed seat
+            most = min(limit, max(1, n + round(n * lane.borrow_limit)))
         out.append(LaneSeats(nominal=n, guaranteed=guaranteed, max=most))
     return tuple(out)
