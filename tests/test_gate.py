@@ -507,3 +507,39 @@ async def test_deadline_unreachable_only_when_deadline_headers_enabled() -> None
                 assert_rejection(ex, "DEADLINE_UNREACHABLE")
             app.open("/hold")
             tg.cancel_scope.cancel()
+
+
+async def limit_after(algorithm: str, later_status: int) -> int:
+    """The limit after 100 requests answered 200 then 200 answered ``later_status``."""
+    clock = FakeClock()
+    statuses = [200] * 100 + [later_status] * 200
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        clock.advance(0.01)
+        status = statuses.pop(0)
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    gate = Gate(app, GateSettings(max_concurrent=50, limit=algorithm), clock=clock)
+    assert gate.scheduler.adaptive and gate.stats().limit == 50
+    while statuses:
+        ex = Exchange(gate, path="/x")
+        ex.push_body()
+        await ex.run()
+    return gate.stats().limit
+
+
+@pytest.mark.parametrize("algorithm", ["aimd", "gradient2"])
+async def test_adaptive_limit_backs_off_on_the_apps_overload_answers(algorithm: str) -> None:
+    """With an adaptive limit, the app's own 503s are drops: after a healthy start the limit
+    falls below max_concurrent; the same traffic answered 200 leaves it where it was."""
+    assert await limit_after(algorithm, 200) == 50
+    assert await limit_after(algorithm, 503) < 50
+
+
+def test_unknown_limit_name_is_a_validation_error() -> None:
+    """settings.limit must name a built-in or registered limit algorithm."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"unknown limit 'vegas'; built in: fixed, aimd"):
+        GateSettings(limit="vegas")

@@ -77,6 +77,7 @@ class Gate:
         self._classify = self.classifier.classify
         self._try_acquire = self.scheduler.try_acquire
         self._deadline_headers = self.settings.deadline_headers
+        self._adaptive = self.scheduler.adaptive
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self._enabled:
@@ -97,11 +98,34 @@ class Gate:
         permit = self._try_acquire(lane)
         if permit is None:
             await self._queued(scope, receive, send, lane)
-            return
+        elif self._adaptive:
+            await self._run_sampled(permit, scope, receive, send)
+        else:
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                permit.release()
+
+    async def _run_sampled(
+        self, permit: Permit, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Run the app and tell an adaptive limit how it went: overload answers (the app's
+        own 429/503/504, or a ``TimeoutError``) are drops; cancelled runs are no sample."""
+        status = 0
+
+        async def watch_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
-        finally:
-            permit.release()
+            await self.app(scope, receive, watch_status)
+        except BaseException as exc:
+            cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
+            permit.release(dropped=isinstance(exc, TimeoutError), sample=not cancelled)
+            raise
+        permit.release(dropped=status in _OVERLOAD_STATUSES)
 
     async def _queued(self, scope: Scope, receive: Receive, send: Send, lane: Priority) -> None:
         """The slow path: wait for a seat while watching for the client to disconnect."""
@@ -147,7 +171,10 @@ class Gate:
                 receive = _replay(buffered, receive)
             if permit.waited > QUEUE_WAIT_HEADER_AFTER:
                 send = _with_wait_header(send, permit.waited)
-            await self.app(scope, receive, send)
+            if self._adaptive:
+                await self._run_sampled(permit, scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
         finally:
             if permit is not None:
                 permit.release()
@@ -160,6 +187,7 @@ class Gate:
         return f"Gate({self.app!r}, {self.scheduler!r})"
 
 
+_OVERLOAD_STATUSES = frozenset({429, 503, 504})
 _GRPC_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 
 

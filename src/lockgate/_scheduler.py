@@ -44,6 +44,7 @@ from ._exceptions import (
 from ._lanes import LaneSeats, Priority, lane_seats
 from ._settings import GateSettings, LaneSettings, LanesSettings
 from ._stats import GateStats, LaneStats
+from .limits import FixedLimit, Limit, make_limit
 
 __all__ = ["Permit", "PriorityScheduler"]
 
@@ -63,7 +64,7 @@ class Permit:
     ``release()`` in a ``finally``.
     """
 
-    __slots__ = ("_scheduler", "lane", "released", "since", "waited")
+    __slots__ = ("_scheduler", "inflight", "lane", "released", "since", "waited")
 
     def __init__(
         self,
@@ -71,6 +72,7 @@ class Permit:
         lane: Priority,
         waited: float = 0.0,
         since: float | None = None,
+        inflight: int = 0,
     ) -> None:
         self._scheduler = scheduler
         self.lane = lane
@@ -78,13 +80,20 @@ class Permit:
         """Seconds spent in the queue before the seat was handed over (0.0 when immediate)."""
         self.since = since
         """Clock time the seat was taken, when this permit is timed (a sample), else None."""
+        self.inflight = inflight
+        """Seats in use once this one was taken (timed permits only)."""
         self.released = False
 
-    def release(self) -> None:
-        """Give the seat back (to the next waiter, if any). Only the first call counts."""
+    def release(self, *, dropped: bool = False, sample: bool = True) -> None:
+        """Give the seat back (to the next waiter, if any). Only the first call counts.
+
+        ``dropped``: the request failed from overload (the app's own 503/429/504 or timeout);
+        an adaptive limit backs off. ``sample=False``: the hold time says nothing about the
+        service (cancelled, client gone), so it is not fed to the limit.
+        """
         if not self.released:
             self.released = True
-            self._scheduler._release(self.lane, self.since)
+            self._scheduler._release(self, dropped, sample)
 
     def __enter__(self) -> Permit:
         return self
@@ -136,8 +145,13 @@ class PriorityScheduler:
         wait_timeout: float = 3.0,
         reject_threshold: int | None = None,
         target_wait: float | None = None,
+        limit_algorithm: Limit | None = None,
         clock: Clock | None = None,
     ) -> None:
+        """``limit`` seats, or ``limit_algorithm.limit`` seats that the algorithm moves
+        (``AIMDLimit``, ``Gradient2Limit``) as permits report their hold times."""
+        if limit_algorithm is not None:
+            limit = limit_algorithm.limit
         if limit < 1:
             raise ValueError("limit must be >= 1")
         if isinstance(lanes, LanesSettings):
@@ -162,7 +176,10 @@ class PriorityScheduler:
         self._admitted = [0, 0, 0, 0]
         self._rejected: list[dict[str, int]] = [{} for _ in _LANES]
         self._wait_sum = 0.0
-        self._countdown = SAMPLE_EVERY
+        adaptive = limit_algorithm is not None and not isinstance(limit_algorithm, FixedLimit)
+        self._limiter = limit_algorithm if adaptive else None
+        self._sample_every = 1 if adaptive else SAMPLE_EVERY
+        self._countdown = self._sample_every
         self.discipline = QueueDiscipline(len(_LANES), target_wait, wait_timeout)
         self.set_limit(limit)
 
@@ -178,6 +195,7 @@ class PriorityScheduler:
             wait_timeout=settings.wait_timeout,
             reject_threshold=settings.reject_threshold,
             target_wait=settings.target_wait,
+            limit_algorithm=make_limit(settings.limit, settings.max_concurrent),
             clock=clock,
         )
 
@@ -187,6 +205,11 @@ class PriorityScheduler:
     def limit(self) -> int:
         """Seats in all (``C``)."""
         return self._limit
+
+    @property
+    def adaptive(self) -> bool:
+        """Does an adaptive limit algorithm move the limit (every permit is timed)?"""
+        return self._limiter is not None
 
     @property
     def seats(self) -> tuple[LaneSeats, ...]:
@@ -224,8 +247,8 @@ class PriorityScheduler:
             self._countdown -= 1
             if self._countdown:
                 return Permit(self, lane)
-            self._countdown = SAMPLE_EVERY
-            return Permit(self, lane, 0.0, self._clock.now())
+            self._countdown = self._sample_every
+            return Permit(self, lane, 0.0, self._clock.now(), self._active)
         return None
 
     async def acquire(
@@ -390,14 +413,23 @@ class PriorityScheduler:
         self._used[lane] = u + 1
         self._active += 1
 
-    def _release(self, lane: Priority, since: float | None) -> None:
+    def _release(self, permit: Permit, dropped: bool, sample: bool) -> None:
+        lane = permit.lane
         u = self._used[lane] - 1
         self._used[lane] = u
         if u >= self._guaranteed[lane]:
             self._occupied -= 1
         self._active -= 1
-        if since is not None:
-            self.discipline.record_service(lane, self._clock.now() - since)
+        if permit.since is not None:
+            now = self._clock.now()
+            rtt = now - permit.since
+            if sample:
+                self.discipline.record_service(lane, rtt)
+            if self._limiter is not None and (sample or dropped):
+                limit = self._limiter.on_sample(now, rtt, permit.inflight, dropped)
+                if limit != self._limit:
+                    self.set_limit(limit)
+                    return  # set_limit dispatched
         if self._queued_total:
             self._dispatch()
 
@@ -423,7 +455,7 @@ class PriorityScheduler:
             self._admitted[lane] += 1
             waited = now - waiter.enqueued
             self._wait_sum += waited
-            waiter.permit = Permit(self, lane, waited, now)
+            waiter.permit = Permit(self, lane, waited, now, self._active)
             waiter.state = _GRANTED
             waiter.event.set()
 

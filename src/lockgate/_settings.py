@@ -10,9 +10,10 @@ naming the field; nothing is clamped.
 
 from __future__ import annotations
 
+from importlib.metadata import entry_points
 from typing import Any, Literal, Self
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ._lanes import Priority
@@ -129,6 +130,15 @@ class GateSettings(BaseSettings):
     """Paths never queued nor rejected; each also covers its sub-paths (``/health/ready``)."""
     status_path: str | None = "/metrics/backpressure"
     """Where the gate serves its JSON status; ``None`` to disable."""
+
+    @field_validator("limit")
+    @classmethod
+    def _known_limit(cls, name: str) -> str:
+        from .limits import BUILTIN_LIMITS, ENTRY_POINT_GROUP
+
+        if name not in BUILTIN_LIMITS and not entry_points(group=ENTRY_POINT_GROUP, name=name):
+            raise ValueError(f"unknown limit {name!r}; built in: {', '.join(BUILTIN_LIMITS)}")
+        return name
 
     @model_validator(mode="after")
     def _check(self) -> Self:

@@ -1,15 +1,39 @@
 """Limit algorithms: how many seats exist right now, apart from how they are handed out.
 
 A ``Limit`` is told about finished requests and answers the current limit; the gate moves the
-scheduler's limit when it changes (Netflix concurrency-limits' ``limit/`` vs ``limiter/``).
-Only ``FixedLimit`` exists yet; the adaptive ones arrive with the overload work.
+scheduler's limit when the answer changes (Netflix concurrency-limits' ``limit/`` vs
+``limiter/``). This module is arithmetic only: no clock, no I/O, no asyncio. Every sample brings
+its own timestamp, so a test drives hours of simulated traffic in milliseconds.
+
+The adaptive limits answer one question: *is latency rising because requests queue inside the
+app?* They are not rate limiters, not failure detectors (a 500 is not overload), and not a
+substitute for ``max_concurrent``: that stays the ceiling; they take seats away while the
+service shows queueing and give them back when it stops. Neither probes destructively: the limit
+is never pinned low to re-measure an unloaded latency (Envoy's minRTT probe does; its users see
+503s). Instances are not thread-safe: one belongs to one gate on one event loop.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from importlib.metadata import entry_points
 from typing import Protocol, runtime_checkable
 
-__all__ = ["FixedLimit", "Limit"]
+__all__ = [
+    "BUILTIN_LIMITS",
+    "ENTRY_POINT_GROUP",
+    "AIMDLimit",
+    "FixedLimit",
+    "Gradient2Limit",
+    "Limit",
+    "make_limit",
+]
+
+ENTRY_POINT_GROUP = "lockgate.limits"
+BUILTIN_LIMITS = ("fixed", "aimd", "gradient2")
+_WARMUP = 10  # windows averaged into the baseline before it turns into a slow EMA
+_MAX_RTT = 86_400.0  # a seat held for a day is not a latency sample
 
 
 @runtime_checkable
@@ -19,8 +43,14 @@ class Limit(Protocol):
     @property
     def limit(self) -> int: ...
 
-    def on_sample(self, rtt: float, inflight: int, dropped: bool) -> int:
-        """Record one finished request; return the (possibly new) limit."""
+    def on_sample(self, now: float, rtt: float, inflight: int, dropped: bool) -> int:
+        """Record one finished request; return the (possibly new) limit.
+
+        ``now``: when it finished (seconds, any monotonic scale); ``rtt``: seconds it held its
+        seat, queue wait excluded; ``inflight``: seats in use when it was admitted, itself
+        included; ``dropped``: the app itself signalled overload (its own 503/429/504, a timeout).
+        Feed every finished request, not one in N: the first finishers seed the baseline.
+        """
         ...
 
 
@@ -38,8 +68,263 @@ class FixedLimit:
     def limit(self) -> int:
         return self._limit
 
-    def on_sample(self, rtt: float, inflight: int, dropped: bool) -> int:
+    def on_sample(self, now: float, rtt: float, inflight: int, dropped: bool) -> int:
         return self._limit
 
     def __repr__(self) -> str:
         return f"FixedLimit({self._limit})"
+
+
+class _WindowedLimit:
+    """Samples summed into windows; the subclass decides once per window.
+
+    A window closes at the first sample that finds it ``min_samples`` strong and as long as the
+    last window's mean rtt (within ``[min_window, max_window]``), so each decision mostly sees
+    requests admitted under the previous one. Per window: *short* = mean rtt of its undropped
+    samples (a shed request answers fast and would drag it down, Netflix #176); *load* = their
+    mean inflight; *peak* = the largest inflight. A window with ``peak < limit / 2`` is
+    app-limited: demand, not the limit, set the concurrency, so only a drop moves the limit.
+
+    The *baseline* (unloaded rtt) is where Netflix goes wrong: its EMA of every sample learns
+    the overloaded latency, and the limit climbs back (#137). Here it is seeded by the half of the
+    first ``min_samples`` finishers admitted at the lowest inflight (they did not queue, even if
+    the service starts overloaded); the next windows at no more than twice their load are
+    averaged in (the first finishers of a burst are its fastest requests); then it is an EMA over
+    ``long_window`` seconds fed only by windows within ``rtt_tolerance`` of it in which a seat
+    stayed free: while the limit binds, latency is the controller's choice, not evidence. Two
+    corrections: x0.95 per window while it exceeds twice *short* (latency fell after a long
+    overload), and a reset when the load has halved during an overload and *short* fell by less
+    than 20 %: that latency is the service's own (it got slower), not queueing that fewer seats
+    can cure. Samples with a non-finite time, or an rtt below ``min_rtt`` (gate overhead, not
+    service time; NaN and inf too) are ignored unless dropped.
+    """
+
+    __slots__ = (
+        "_baseline", "_count", "_dropped", "_estimate", "_limit", "_load_sum", "_long_window",
+        "_max", "_min", "_min_rtt", "_min_samples", "_peak", "_recent", "_ref", "_rtt_sum",
+        "_seed", "_seed_load", "_span", "_start", "_taught", "_timed", "_tolerance", "_window",
+    )
+
+    def __init__(
+        self, initial: int, min_limit: int, max_limit: int, rtt_tolerance: float,
+        window: tuple[float, float], min_samples: int, long_window: float, min_rtt: float,
+    ) -> None:
+        if not 1 <= min_limit <= initial <= max_limit:
+            raise ValueError("need 1 <= min_limit <= initial <= max_limit")
+        if not 1.0 <= rtt_tolerance < math.inf:
+            raise ValueError("rtt_tolerance must be >= 1")
+        if not 0 < window[0] <= window[1] < math.inf:
+            raise ValueError("window must be (min, max) seconds with 0 < min <= max")
+        if min_samples < 1 or not 0 < long_window < math.inf or not 0 < min_rtt < _MAX_RTT:
+            raise ValueError("need min_samples >= 1, long_window > 0 and min_rtt > 0")
+        self._min, self._max, self._limit = min_limit, max_limit, initial
+        self._estimate = float(initial)
+        self._tolerance, self._long_window, self._min_rtt = rtt_tolerance, long_window, min_rtt
+        self._span, self._window, self._min_samples = window, window[0], min_samples
+        self._baseline: float | None = None
+        self._recent = 0.0  # EMA of short over a few windows
+        self._seed: list[tuple[float, int]] = []  # (rtt, inflight) until the first window
+        self._seed_load, self._taught = 0.0, 0
+        self._ref: tuple[float, float] | None = None  # (load, short) at an overload's peak
+        self._start: float | None = None
+        self._count = self._timed = self._peak = self._load_sum = 0
+        self._rtt_sum, self._dropped = 0.0, False
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @property
+    def baseline_rtt(self) -> float | None:
+        """The learned unloaded rtt, seconds; ``None`` before the first window."""
+        return self._baseline
+
+    def on_sample(self, now: float, rtt: float, inflight: int, dropped: bool) -> int:
+        if not -math.inf < now < math.inf:
+            return self._limit
+        if dropped:
+            self._dropped = True
+        elif self._min_rtt <= rtt < _MAX_RTT:  # false for NaN too
+            self._timed += 1
+            self._rtt_sum += rtt
+            self._load_sum += inflight
+            if self._baseline is None:
+                self._seed.append((rtt, inflight))
+        else:
+            return self._limit
+        start = self._start
+        if start is None:
+            self._start = start = now
+        self._count += 1
+        if inflight > self._peak:
+            self._peak = inflight
+        if self._count >= self._min_samples and (
+            now - start >= self._window or self._baseline is None
+        ):
+            self._close(now - start)
+        return self._limit
+
+    def _close(self, elapsed: float) -> None:
+        timed, peak, dropped, base = self._timed, self._peak, self._dropped, self._baseline
+        short = self._rtt_sum / timed if timed else 0.0
+        load = self._load_sum / timed if timed else 0.0
+        self._start, self._count, self._timed, self._peak, self._load_sum = None, 0, 0, 0, 0
+        self._rtt_sum, self._dropped = 0.0, False
+        if timed:
+            self._window = min(max(short, self._span[0]), self._span[1])
+        if base is None:
+            if timed:  # the half admitted at the lowest inflight: the least likely to queue
+                calm = sorted(self._seed, key=lambda sample: sample[1])[: (timed + 1) // 2]
+                self._baseline = self._recent = sum(r for r, _ in calm) / len(calm)
+                self._seed_load = sum(n for _, n in calm) / len(calm)
+                self._seed.clear()
+            return
+        before, saturated = self._estimate, peak >= self._limit
+        busy = peak * 2 >= before
+        if timed:
+            self._recent = 0.7 * self._recent + 0.3 * short
+        if dropped or (busy and timed):
+            new = self._decide(before, short if timed else None, base, dropped)
+            self._estimate = min(max(new, float(self._min)), float(self._max))
+            self._limit = int(self._estimate)
+        if timed:
+            self._baseline = self._learn(base, short, load, busy, saturated, elapsed)
+
+    def _learn(
+        self, base: float, short: float, load: float, busy: bool, saturated: bool, elapsed: float
+    ) -> float:
+        within = short <= self._tolerance * base
+        if self._taught < _WARMUP and load <= 2 * self._seed_load:
+            self._taught += 1
+            base += (short - base) / (self._taught + 1)
+        elif within and not saturated:
+            base += min(1.0, 2.0 * elapsed / self._long_window) * (short - base)
+        if within:
+            self._ref = None
+        elif busy:
+            ref = self._ref
+            if ref is None or load > ref[0]:
+                self._ref = (load, short)
+            elif load * 2 <= ref[0]:  # concurrency halved: did latency follow?
+                stalled = short >= 0.8 * ref[1]
+                calm = min(short, self._recent)
+                base, self._ref = (calm, None) if stalled else (base, (load, short))
+        return base * 0.95 if base > 2 * short else base
+
+    def _decide(self, limit: float, short: float | None, base: float, dropped: bool) -> float:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(limit={self._limit}, baseline_rtt={self._baseline})"
+
+
+class AIMDLimit(_WindowedLimit):
+    """Additive increase, multiplicative decrease, once per window.
+
+    ``x backoff`` (at least -1) when the window saw a drop, its mean rtt exceeded ``timeout``
+    seconds, or both it and the average of the last few windows exceeded ``rtt_tolerance`` x the
+    baseline (one noisy window does not cut); else +1 if it was busy (``peak inflight * 2 >=
+    limit``). Netflix's AIMD moves per sample (+1 per request is +400/s at 400 rps; a burst of
+    ten drops cuts it to 0.35x) and sees only drops and a fixed 5 s timeout, so it never notices
+    requests queueing inside the app; this one does. Seats come back slowly (+1 per window,
+    about 10/s at a 50 ms service): prefer ``Gradient2Limit`` unless loss is your signal.
+    """
+
+    __slots__ = ("_backoff", "_timeout")
+
+    def __init__(
+        self, initial: int = 20, min_limit: int = 20, max_limit: int = 200, *,
+        backoff: float = 0.9, timeout: float = math.inf, rtt_tolerance: float = 1.5,
+        window: tuple[float, float] = (0.1, 1.0), min_samples: int = 10,
+        long_window: float = 600.0, min_rtt: float = 1e-4,
+    ) -> None:
+        if not 0.5 <= backoff < 1.0:
+            raise ValueError("backoff must be in [0.5, 1)")
+        if not timeout > 0:
+            raise ValueError("timeout must be > 0")
+        super().__init__(initial, min_limit, max_limit, rtt_tolerance, window, min_samples,
+                         long_window, min_rtt)
+        self._backoff, self._timeout = backoff, timeout
+
+    def _decide(self, limit: float, short: float | None, base: float, dropped: bool) -> float:
+        if dropped or short is None or short > self._timeout:
+            return min(limit - 1, limit * self._backoff)
+        if min(short, self._recent) > self._tolerance * base:
+            return min(limit - 1, limit * self._backoff)
+        return limit + 1
+
+
+def _sqrt_headroom(limit: int) -> float:
+    return max(4.0, math.sqrt(limit))
+
+
+class Gradient2Limit(_WindowedLimit):
+    """Netflix's Gradient2: follow the ratio of unloaded to current latency, once per window.
+
+    ``gradient = clamp(rtt_tolerance * baseline / short, 0.5, 1)``, ``new = limit * gradient +
+    headroom``, ``limit += smoothing * (new - limit)``, within ``[min_limit, max_limit]``; a
+    drop counts as gradient 0.5. Under overload it settles where latency is ``rtt_tolerance`` x
+    the unloaded one: behind a pool of P connections, about ``rtt_tolerance * P`` seats. Unlike
+    Netflix, the headroom (``queue_size``, by default ``max(4, sqrt(limit))`` so seats come back
+    quickly at large limits) is added only while latency is within tolerance: added under mild
+    overload it drifts the limit up (PR #134). The default ``rtt_tolerance`` 1.5 leaves room for
+    noisy windows and for a baseline learned on the fastest routes of a mixed service; 1.25
+    gives a tighter latency on a uniform one.
+    """
+
+    __slots__ = ("_queue_size", "_smoothing")
+
+    def __init__(
+        self, initial: int = 20, min_limit: int = 20, max_limit: int = 200, *,
+        smoothing: float = 0.2, queue_size: float | Callable[[int], float] = _sqrt_headroom,
+        rtt_tolerance: float = 1.5, window: tuple[float, float] = (0.1, 1.0),
+        min_samples: int = 10, long_window: float = 600.0, min_rtt: float = 1e-4,
+    ) -> None:
+        if not 0 < smoothing <= 1:
+            raise ValueError("smoothing must be in (0, 1]")
+        super().__init__(initial, min_limit, max_limit, rtt_tolerance, window, min_samples,
+                         long_window, min_rtt)
+        self._smoothing = smoothing
+        self._queue_size: Callable[[int], float]
+        if callable(queue_size):
+            self._queue_size = queue_size
+        else:
+            fixed = float(queue_size)
+            self._queue_size = lambda _: fixed
+
+    def _decide(self, limit: float, short: float | None, base: float, dropped: bool) -> float:
+        ratio = 0.0 if dropped or short is None else self._tolerance * base / short
+        new = limit * min(max(ratio, 0.5), 1.0)
+        if ratio >= 1.0:
+            new += max(0.0, self._queue_size(int(limit)))
+        return limit + self._smoothing * (new - limit)
+
+
+def make_limit(name: str, max_concurrent: int) -> Limit:
+    """The limit ``settings.limit`` names, for ``settings.max_concurrent`` seats.
+
+    ``"fixed"``: ``FixedLimit(max_concurrent)``. ``"aimd"`` and ``"gradient2"`` start at
+    ``max_concurrent`` and never exceed it (no shedding after a deploy while a low initial limit
+    ramps up, the trouble with Vegas' 20); their floor is ``min(4, max_concurrent)``: low enough
+    to find a pool of 5 behind a limit of 200. Any other name is looked up in the
+    ``lockgate.limits`` entry-point group; the entry point names a callable taking
+    ``max_concurrent`` and returning a ``Limit`` (a class like ``FixedLimit`` will do).
+    """
+    if max_concurrent < 1:
+        raise ValueError("max_concurrent must be >= 1")
+    floor = min(4, max_concurrent)
+    if name == "fixed":
+        return FixedLimit(max_concurrent)
+    if name == "aimd":
+        return AIMDLimit(max_concurrent, floor, max_concurrent)
+    if name == "gradient2":
+        return Gradient2Limit(max_concurrent, floor, max_concurrent)
+    found = entry_points(group=ENTRY_POINT_GROUP, name=name)
+    if not found:
+        plugins = {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
+        available = ", ".join(sorted({*BUILTIN_LIMITS, *plugins}))
+        raise LookupError(f"no limit named {name!r} (available: {available})")
+    limit = next(iter(found)).load()(max_concurrent)
+    if not isinstance(limit, Limit):
+        raise TypeError(f"{name!r} did not produce a Limit: {limit!r}")
+    return limit

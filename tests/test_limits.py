@@ -1,0 +1,537 @@
+"""Limit algorithms, driven by simulated services in simulated time: pure, synchronous, exact.
+
+Two service models. ``Pool`` is closed-form: P connections of S seconds each, so N requests in
+flight take ``S * max(N, P) / P`` (they queue inside the app for the pool); each sample carries
+the limit that was in force when it was admitted, one rtt earlier (the controller's real lag).
+``simulate`` is a small event simulation (Poisson arrivals, the same pool, a FIFO gate queue
+with a 50 ms timeout standing in for lockgate's) for the end-to-end T3 shape: a cold start into
+overload with ``max_concurrent`` 10x too high.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections import deque
+from collections.abc import Callable
+from importlib.metadata import EntryPoint, EntryPoints
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import lockgate.limits
+from lockgate.limits import (
+    ENTRY_POINT_GROUP,
+    AIMDLimit,
+    FixedLimit,
+    Gradient2Limit,
+    Limit,
+    make_limit,
+)
+
+S, P = 0.05, 20  # the T3 service: 50 ms behind a pool of 20
+Adaptive = Gradient2Limit | AIMDLimit
+ADAPTIVE: list[Callable[..., Adaptive]] = [Gradient2Limit, AIMDLimit]
+
+
+class Pool:
+    """Closed-form service: ``demand`` requests want a seat; ``min(limit, demand)`` get one."""
+
+    def __init__(self, limit: Limit, pool: int = P, service: float = S) -> None:
+        self.limit, self.pool, self.service = limit, pool, service
+        self.demand = math.inf
+        self.t, self.rtt = 0.0, service
+        self.history: deque[tuple[float, int]] = deque([(0.0, limit.limit)])
+
+    def run(self, seconds: float, rps: float = 400.0, dropped: bool = False) -> list[int]:
+        """Feed ``rps`` samples a second; the limit after each simulated second."""
+        seconds_end, out = self.t + seconds, []
+        next_mark = math.floor(self.t) + 1.0
+        while self.t < seconds_end:
+            self.t += 1.0 / rps
+            while len(self.history) > 1 and self.history[1][0] <= self.t - self.rtt:
+                self.history.popleft()  # the limit in force when this sample was admitted
+            n = min(self.history[0][1], self.demand)
+            self.rtt = self.service * max(n, self.pool) / self.pool
+            limit = self.limit.on_sample(self.t, self.rtt, int(n), dropped)
+            if limit != self.history[-1][1]:
+                self.history.append((self.t, limit))
+            if self.t >= next_mark:
+                out.append(limit)
+                next_mark += 1.0
+        return out
+
+
+def warm(limit: Adaptive, model: Pool | None = None) -> Pool:
+    """Two seconds at 0.3x load (DESIGN §11 "unloaded"), then demand for every seat."""
+    model = model or Pool(limit)
+    model.demand = 0.3 * model.pool
+    model.run(2.0, rps=120)
+    model.demand = math.inf
+    return model
+
+
+class Feed:
+    """Whole windows by hand: each call closes ``n`` windows of 10 samples 0.12 s apart (a
+    window spans >= the 1 s maximum, so it closes exactly at its 10th sample). Returns the
+    limit after each; ``inflight`` defaults to the current limit (every seat busy)."""
+
+    def __init__(self, limit: Limit) -> None:
+        self.limit, self.t = limit, 0.0
+
+    def __call__(self, n: int, rtt: float, inflight: int | None = None,
+                 dropped: bool = False) -> list[int]:
+        out = []
+        for _ in range(n):
+            for _ in range(10):
+                self.t += 0.12
+                seats = self.limit.limit if inflight is None else inflight
+                self.limit.on_sample(self.t, rtt, seats, dropped)
+            out.append(self.limit.limit)
+        return out
+
+
+# -- FixedLimit, the protocol, validation ------------------------------------------------------
+
+
+def test_fixed_limit_never_moves() -> None:
+    fixed = FixedLimit(20)
+    assert fixed.on_sample(0.0, 99.0, 500, True) == fixed.limit == 20
+    assert repr(fixed) == "FixedLimit(20)"
+    with pytest.raises(ValueError, match=r"^limit must be >= 1$"):
+        FixedLimit(0)
+
+
+def test_all_limits_satisfy_the_protocol() -> None:
+    for limit in (FixedLimit(3), AIMDLimit(), Gradient2Limit()):
+        assert isinstance(limit, Limit)
+        assert limit.limit == (3 if isinstance(limit, FixedLimit) else 20)
+    assert repr(Gradient2Limit()) == "Gradient2Limit(limit=20, baseline_rtt=None)"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"initial": 10}, r"^need 1 <= min_limit <= initial <= max_limit$"),
+        ({"min_limit": 0, "initial": 0}, r"^need 1 <= min_limit <= initial <= max_limit$"),
+        ({"rtt_tolerance": 0.9}, r"^rtt_tolerance must be >= 1$"),
+        ({"rtt_tolerance": math.nan}, r"^rtt_tolerance must be >= 1$"),
+        ({"window": (0.0, 1.0)}, r"^window must be \(min, max\) seconds with 0 < min <= max$"),
+        ({"window": (2.0, 1.0)}, r"^window must be \(min, max\) seconds with 0 < min <= max$"),
+        ({"min_samples": 0}, r"^need min_samples >= 1, long_window > 0 and min_rtt > 0$"),
+        ({"min_rtt": 0.0}, r"^need min_samples >= 1, long_window > 0 and min_rtt > 0$"),
+    ],
+)
+def test_invalid_parameters_are_rejected(kwargs: dict[str, Any], message: str) -> None:
+    for cls in ADAPTIVE:
+        with pytest.raises(ValueError, match=message):
+            cls(**kwargs)
+    with pytest.raises(ValueError, match=r"^backoff must be in \[0.5, 1\)$"):
+        AIMDLimit(backoff=1.0)
+    with pytest.raises(ValueError, match=r"^timeout must be > 0$"):
+        AIMDLimit(timeout=0.0)
+    with pytest.raises(ValueError, match=r"^smoothing must be in \(0, 1\]$"):
+        Gradient2Limit(smoothing=0.0)
+
+
+# -- convergence: a limit 10x too high comes down -----------------------------------------------
+
+
+@pytest.mark.parametrize("cls", ADAPTIVE)
+def test_limit_ten_times_too_high_converges_to_the_pool(cls: Callable[..., Adaptive]) -> None:
+    """T3 in the closed-form model: from 200 seats to about P = 20 within 10 simulated seconds.
+
+    The bound: while the latency exceeds twice the tolerated one (limit > 3 P) both algorithms
+    cut at least 10 % per window (Gradient2: smoothing 0.2 x gradient 0.5; AIMD: backoff 0.9), and
+    a window lasts about one rtt = S * limit / P, so 200 -> 60 takes at most
+    sum_k S * 200 * 0.9**k / P = S * 200 / (0.1 P) = 5 s; the rest (60 -> 1.7 P) shrinks by a
+    factor 0.8 (Gradient2) or 0.9 (AIMD) per window of <= 0.15 s, under 2 s. Bound: 7 s.
+    """
+    limit = cls(200, 4, 200)
+    model = warm(limit)
+    trace = model.run(30.0)
+    bound = S * 200 / (0.1 * P) + 2.0
+    settled = next(i + 1 for i, lim in enumerate(trace) if lim <= 1.7 * P)
+    assert settled <= bound <= 10.0
+    assert all(P <= lim <= 1.7 * P for lim in trace[settled:])  # pool busy, latency <= 1.7 S
+    assert limit.baseline_rtt == pytest.approx(S, rel=0.05)
+
+
+def test_gradient2_settles_at_rtt_tolerance_times_the_pool() -> None:
+    """Under overload Gradient2 parks where latency is rtt_tolerance x unloaded: 1.5 P seats."""
+    limit = Gradient2Limit(200, 4, 200)
+    model = warm(limit)
+    trace = model.run(30.0)
+    assert all(1.4 * P <= lim <= 1.6 * P for lim in trace[10:])
+    assert model.rtt <= 1.6 * S
+
+
+def test_gradient2_mild_overload_does_not_add_headroom_pr134() -> None:
+    """Regression, Netflix concurrency-limits PR #134: ``+queue_size`` under mild overload.
+
+    Latency held at 2x the baseline (gradient 1.5 / 2 = 0.75, every seat busy). Netflix's update
+    ``L + 0.2 (0.75 L + 4 - L)`` *raises* a limit of 10 towards 4 / 0.25 = 16 and keeps it there
+    however long the overload lasts. Here the headroom is added only at gradient 1, so each
+    window lowers the limit.
+    """
+    limit = Gradient2Limit(10, 1, 200)
+    feed = Feed(limit)
+    feed(1, S, inflight=1)  # seed the baseline, unloaded
+    trace = feed(4, 2 * S)
+    assert trace == sorted(trace, reverse=True) and trace[-1] < 10
+    netflix = 10.0
+    for _ in range(4):
+        netflix += 0.2 * (netflix * 0.75 + 4 - netflix)
+    assert netflix > 10  # the formula this test guards against
+
+
+@pytest.mark.parametrize("cls", ADAPTIVE)
+def test_long_overload_does_not_teach_the_baseline_its_latency(
+    cls: Callable[..., Adaptive],
+) -> None:
+    """Netflix #137: an EMA of every sample learns the overloaded rtt and the limit climbs back.
+
+    Ten simulated minutes of overload: the baseline stays the unloaded rtt, the limit in band.
+    """
+    limit = cls(200, 4, 200)
+    model = warm(limit)
+    trace = model.run(600.0)
+    assert max(trace[60:]) <= 1.7 * P and min(trace[60:]) >= P
+    assert limit.baseline_rtt == pytest.approx(S, rel=0.1)
+
+
+# -- no shrinking without cause, recovery, bounds ------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", ADAPTIVE)
+def test_app_limited_never_shrinks(cls: Callable[..., Adaptive]) -> None:
+    """inflight < limit / 2: demand, not the limit, sets the concurrency; a slow dependency
+    (rtt 20x the baseline) must not take seats away."""
+    limit = cls(100, 4, 100)
+    feed = Feed(limit)
+    feed(5, S, inflight=10)
+    assert feed(20, 20 * S, inflight=49) == [100] * 20
+
+
+@pytest.mark.parametrize("cls", ADAPTIVE)
+def test_no_shrinking_at_normal_load(cls: Callable[..., Adaptive]) -> None:
+    """0.8x load with a limit at the pool: latency is the baseline's, so it only grows."""
+    limit = cls(P, 4, 200)
+    model = warm(limit)
+    model.demand = 0.8 * P
+    trace = model.run(60.0)
+    assert trace == sorted(trace) and trace[-1] >= 1.6 * P
+
+
+@pytest.mark.parametrize("cls", ADAPTIVE)
+def test_recovers_upward_when_capacity_returns(cls: Callable[..., Adaptive]) -> None:
+    """After an overload squeezed the limit to ~P, the pool grows to 100: seats come back."""
+    limit = cls(200, 4, 200)
+    model = warm(limit)
+    model.run(20.0)
+    assert limit.limit <= 1.7 * P
+    model.pool = 100
+    trace = model.run(30.0)
+    assert trace[-1] >= 100
+    grown = next(i + 1 for i, lim in enumerate(trace) if lim >= 100)
+    assert grown <= (15 if cls is Gradient2Limit else 25)  # sqrt headroom vs +1 per window
+
+
+@pytest.mark.parametrize("cls", ADAPTIVE)
+def test_service_slowdown_is_relearned_not_shed_for_ever(cls: Callable[..., Adaptive]) -> None:
+    """The service itself gets 2x slower during an overload: latency no longer follows the
+    limit, so after one halving of the load the baseline is reset instead of the limit being
+    driven to its floor (and a 503 for most requests) until a slow EMA catches up."""
+    limit = cls(200, 4, 200)
+    model = warm(limit)
+    model.run(20.0)
+    model.service = 2 * S
+    trace = model.run(30.0)
+    assert min(trace) > 4 and all(P <= lim <= 1.8 * P for lim in trace[-10:])
+    assert limit.baseline_rtt == pytest.approx(2 * S, rel=0.15)
+
+
+@pytest.mark.parametrize("cls", ADAPTIVE)
+def test_baseline_follows_latency_down(cls: Callable[..., Adaptive]) -> None:
+    """A baseline learned on a slow service falls fast (x0.95 a window) once it is 4x faster."""
+    limit = cls(50, 4, 200)
+    feed = Feed(limit)
+    feed(15, 4 * S, inflight=5)
+    assert limit.baseline_rtt == pytest.approx(4 * S)
+    feed(40, S, inflight=5)
+    assert limit.baseline_rtt is not None and limit.baseline_rtt <= 2 * S
+
+
+@pytest.mark.parametrize("cls", ADAPTIVE)
+def test_limits_respect_min_and_max(cls: Callable[..., Adaptive]) -> None:
+    limit = cls(10, 5, 12)
+    feed = Feed(limit)
+    feed(1, S)
+    assert max(feed(50, S)) == 12  # healthy and busy: grows, capped
+    assert feed(40, S, dropped=True)[-1] == 5  # drops: floor
+
+
+def test_drops_cut_both_even_when_app_limited() -> None:
+    """The app said it is overloaded: that counts even while seats sit idle."""
+    for limit in (Gradient2Limit(100, 4, 100), AIMDLimit(100, 4, 100)):
+        feed = Feed(limit)
+        feed(1, S, inflight=1)
+        assert feed(1, S, inflight=1, dropped=True) == [90]
+
+
+def test_dropped_samples_do_not_drag_the_rtt_down() -> None:
+    """Netflix #176: a shed request answers in ~0 s; averaged in, it would hide queueing (and
+    here teach the baseline a latency the service never had)."""
+    limit = Gradient2Limit(100, 4, 100)
+    Feed(limit)(1, S, inflight=1)
+    now = 10.0
+    for _ in range(100):
+        now += 0.06
+        limit.on_sample(now, S, 1, False)
+        limit.on_sample(now, 1e-3, 1, True)
+    assert limit.baseline_rtt == pytest.approx(S) and limit.limit < 50
+
+
+def test_aimd_moves_once_per_window() -> None:
+    """+1 per busy window (Netflix: +1 per sample), x0.9 when rtt passes ``timeout``."""
+    limit = AIMDLimit(20, 4, 200, timeout=0.2)
+    feed = Feed(limit)
+    feed(1, S)
+    assert feed(3, S) == [21, 22, 23]
+    assert feed(1, 0.25) == [20]
+
+
+@pytest.mark.parametrize("cls", ADAPTIVE)
+def test_seed_is_the_half_admitted_at_the_lowest_inflight(cls: Callable[..., Adaptive]) -> None:
+    """A cold start into overload (or a gate feeding one sample in four): among the first
+    finishers some queued in the app. The half admitted at the lowest inflight did not."""
+    limit = cls(200, 4, 200)
+    for i in range(5):
+        limit.on_sample(0.01 * i, S, 1 + i, False)
+        limit.on_sample(0.01 * i + 0.005, 3 * S, 40 + i, False)
+    assert limit.baseline_rtt == pytest.approx(S)
+
+
+@pytest.mark.parametrize("cls", ADAPTIVE)
+def test_warmup_averages_windows_at_the_seeds_load_only(cls: Callable[..., Adaptive]) -> None:
+    """The first requests to finish after a burst are the fastest: the seed can be low. The next
+    windows at a comparable load (<= 2x the seed's) are averaged in; windows at a much higher
+    load are not (that is queueing at a cold start, T3), whatever their latency."""
+    low = cls(200, 4, 200)
+    feed = Feed(low)
+    feed(1, S / 2, inflight=10)
+    feed(10, S, inflight=15)
+    assert low.baseline_rtt is not None and low.baseline_rtt >= 0.9 * S
+    queued = cls(200, 4, 200)
+    feed = Feed(queued)
+    feed(1, S, inflight=10)
+    feed(10, 2 * S, inflight=30)
+    assert queued.baseline_rtt == pytest.approx(S)
+
+
+def test_aimd_one_noisy_window_does_not_cut() -> None:
+    """AIMD has no smoothing: the latency cut needs the window *and* the average of the last
+    few above tolerance, so one slow window (a GC pause, a batch of heavy requests) does not
+    cost 10 % of the seats; a sustained rise does."""
+    limit = AIMDLimit(20, 4, 200)
+    feed = Feed(limit)
+    feed(1, S, inflight=1)
+    assert feed(4, S) == [21, 22, 23, 24]
+    assert feed(1, 2 * S) == [25]
+    assert feed(3, 2 * S) == [22, 20, 18]
+
+
+def test_samples_faster_than_min_rtt_are_not_timing_evidence() -> None:
+    limit = Gradient2Limit()
+    Feed(limit)(3, 1e-5)
+    assert limit.baseline_rtt is None and limit.limit == 20
+
+
+# -- T3 end to end in an event simulation -------------------------------------------------------
+
+
+def simulate(limit: Limit, phases: list[tuple[float, float]], seed: int = 1
+             ) -> list[tuple[float, int]]:
+    """Poisson arrivals (``(seconds, rps)`` phases) -> gate (FIFO queue, 50 ms timeout) -> pool
+    of P x S. Per simulated second: (p99 seat time, requests rejected)."""
+    rng, events, t, seq = random.Random(seed), [], 0.0, 0
+    for seconds, rps in phases:
+        stop = t + seconds
+        while (t := t + rng.expovariate(rps)) < stop:
+            events.append((t, 0, seq, 0.0, 0))
+            seq += 1
+        t = stop
+    heapq.heapify(events)
+    inflight = busy = 0
+    app: deque[tuple[float, int]] = deque()
+    queue: deque[float] = deque()
+    rtts: dict[int, list[float]] = {}
+    rejected: dict[int, int] = {}
+
+    def admit(now: float) -> None:
+        nonlocal inflight, busy, seq
+        inflight += 1
+        if busy < P:
+            busy += 1
+            heapq.heappush(events, (now + S, 1, seq, now, inflight))
+            seq += 1
+        else:
+            app.append((now, inflight))
+
+    while events:
+        now, kind, _, admitted, seats = heapq.heappop(events)
+        if kind == 0:
+            if inflight < limit.limit and not queue:
+                admit(now)
+            else:
+                queue.append(now)
+        else:
+            inflight -= 1
+            rtts.setdefault(int(now), []).append(now - admitted)
+            limit.on_sample(now, now - admitted, seats, False)
+            if app:
+                started, seats = app.popleft()
+                heapq.heappush(events, (now + S, 1, seq, started, seats))
+                seq += 1
+            else:
+                busy -= 1
+        while queue and (inflight < limit.limit or now - queue[0] > 0.05):
+            arrived = queue.popleft()
+            if now - arrived > 0.05:
+                rejected[int(arrived)] = rejected.get(int(arrived), 0) + 1
+            else:
+                admit(now)
+    p99 = {s: sorted(v)[int(0.99 * len(v))] for s, v in rtts.items()}
+    return [(p99.get(s, 0.0), rejected.get(s, 0)) for s in range(max(rtts) + 1)]
+
+
+@pytest.mark.parametrize("name", ["gradient2", "aimd"])
+def test_t3_cold_start_into_overload_with_max_concurrent_ten_times_too_high(name: str) -> None:
+    """T3's shape: 2x load from the first request with max_concurrent=200 for a pool of 20. The
+    first requests to finish did not queue, so they seed an honest baseline; within 10 s the
+    seat-time p99 is back under 2x the service time, and at 0.8x afterwards nothing is shed."""
+    seconds = simulate(make_limit(name, 200), [(20.0, 800.0), (60.0, 320.0)])
+    assert seconds[0][0] > 4 * S  # the misconfiguration hurts at first
+    assert all(p99 <= 2 * S for p99, _ in seconds[10:20])
+    assert sum(rejected for _, rejected in seconds[21:]) == 0
+
+
+def test_t3_no_rejection_at_normal_load_from_a_cold_start() -> None:
+    """0.8x load for 60 s, limit 200: app-limited throughout, nothing moves, nothing shed."""
+    limit = make_limit("gradient2", 200)
+    seconds = simulate(limit, [(60.0, 320.0)])
+    assert sum(rejected for _, rejected in seconds) == 0 and limit.limit == 200
+
+
+# -- properties --------------------------------------------------------------------------------
+
+any_float = st.floats(allow_nan=True, allow_infinity=True)
+samples = st.lists(
+    st.tuples(
+        st.one_of(st.floats(0.0, 2.0), any_float),  # time step
+        st.one_of(st.floats(0.0, 5.0), st.sampled_from([0.0, 1e-9, 1e300]), any_float),  # rtt
+        st.integers(0, 10**6),
+        st.booleans(),
+    ),
+    max_size=300,
+)
+bounds = st.tuples(st.integers(1, 50), st.integers(0, 50), st.integers(0, 200))
+
+
+@given(samples, bounds, st.sampled_from(ADAPTIVE))
+def test_limit_is_always_an_int_within_bounds(
+    stream: list[tuple[float, float, int, bool]],
+    shape: tuple[int, int, int],
+    cls: Callable[..., Adaptive],
+) -> None:
+    low, above_low, above_initial = shape
+    limit = cls(low + above_low, low, low + above_low + above_initial)
+    now = 0.0
+    for step, rtt, inflight, dropped in stream:
+        now += step
+        got = limit.on_sample(now, rtt, inflight, dropped)
+        assert type(got) is int and got == limit.limit
+        assert low <= got <= low + above_low + above_initial
+
+
+invalid = st.one_of(
+    st.tuples(st.just(0.0), st.sampled_from([math.nan, math.inf, -1.0, 0.0, 1e-6]),
+              st.just(False)),
+    st.tuples(st.sampled_from([math.nan, math.inf, -math.inf]), any_float, st.booleans()),
+)
+
+
+@given(st.lists(st.tuples(st.floats(0.001, 0.3), st.floats(0.001, 2.0), st.integers(0, 300),
+                          st.booleans(), st.lists(invalid, max_size=2)), max_size=200),
+       st.sampled_from(ADAPTIVE))
+def test_invalid_samples_are_inert(
+    stream: list[tuple[float, float, int, bool, list[tuple[float, float, bool]]]],
+    cls: Callable[..., Adaptive],
+) -> None:
+    """NaN/inf/negative rtt, rtt under min_rtt, non-finite time: ignored, not an error, and
+    they change nothing (the same stream without them gives the same limits)."""
+    clean, noisy = cls(100, 4, 200), cls(100, 4, 200)
+    now = 0.0
+    for step, rtt, inflight, dropped, junk in stream:
+        now += step
+        for offset, bad_rtt, bad_drop in junk:
+            noisy.on_sample(now + offset, bad_rtt, inflight, bad_drop)
+        assert clean.on_sample(now, rtt, inflight, dropped) == noisy.on_sample(
+            now, rtt, inflight, dropped)
+    assert clean.baseline_rtt == noisy.baseline_rtt
+
+
+# -- registry -----------------------------------------------------------------------------------
+
+
+def test_make_limit_builtin_names() -> None:
+    fixed = make_limit("fixed", 20)
+    assert isinstance(fixed, FixedLimit) and fixed.limit == 20
+    for name, cls in (("aimd", AIMDLimit), ("gradient2", Gradient2Limit)):
+        limit = make_limit(name, 200)
+        assert isinstance(limit, cls) and limit.limit == 200  # starts at max_concurrent
+        feed = Feed(limit)
+        feed(1, S)
+        assert feed(60, S, dropped=True)[-1] == 4  # the floor: min(4, max_concurrent)
+        tiny = make_limit(name, 1)
+        assert Feed(tiny)(3, 10 * S, dropped=True) == [1, 1, 1]
+    with pytest.raises(ValueError, match=r"^max_concurrent must be >= 1$"):
+        make_limit("gradient2", 0)
+
+
+@pytest.fixture
+def plugins(monkeypatch: pytest.MonkeyPatch) -> None:
+    found = EntryPoints([
+        EntryPoint("halved", "tests.test_limits:Halved", ENTRY_POINT_GROUP),
+        EntryPoint("broken", "builtins:str", ENTRY_POINT_GROUP),
+        EntryPoint("rules", "lockgate._classifier:RuleClassifier", "lockgate.classifiers"),
+    ])
+    monkeypatch.setattr(lockgate.limits, "entry_points", lambda **kw: found.select(**kw))
+
+
+class Halved(FixedLimit):
+    """A plugin: half the configured seats."""
+
+    def __init__(self, max_concurrent: int) -> None:
+        super().__init__(max(1, max_concurrent // 2))
+
+
+@pytest.mark.usefixtures("plugins")
+def test_make_limit_entry_point_plugins() -> None:
+    limit = make_limit("halved", 20)
+    assert isinstance(limit, Halved) and limit.limit == 10
+    with pytest.raises(TypeError, match=r"^'broken' did not produce a Limit: '20'$"):
+        make_limit("broken", 20)
+    with pytest.raises(
+        LookupError,
+        match=r"^no limit named 'vegas' \(available: aimd, broken, fixed, gradient2, halved\)$",
+    ):
+        make_limit("vegas", 20)
+
+
+def test_make_limit_unknown_name_without_plugins() -> None:
+    with pytest.raises(LookupError, match=r"^no limit named 'nope' \(available: aimd, fixed, "):
+        make_limit("nope", 20)
