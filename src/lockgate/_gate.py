@@ -26,6 +26,7 @@ from ._scheduler import Permit, PriorityScheduler
 from ._settings import GateSettings
 from ._stats import GateStats
 from ._types import ASGIApp, Message, Receive, Scope, Send
+from .backends import Backend
 
 __all__ = ["Gate"]
 
@@ -54,7 +55,7 @@ class Gate:
         *,
         classifier: Classifier | str | None = None,
         policies: Sequence[Any] = (),
-        backend: PriorityScheduler | None = None,
+        backend: Backend | None = None,
         meter: Any = None,
         clock: Clock | None = None,
     ) -> None:
@@ -67,7 +68,7 @@ class Gate:
         if isinstance(classifier, str):
             classifier = load_classifier(classifier)
         self.classifier: Classifier = classifier if classifier is not None else RuleClassifier()
-        self.scheduler = (
+        self.scheduler: Backend = (
             backend if backend is not None
             else PriorityScheduler.from_settings(self.settings, clock)
         )

@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from types import TracebackType
+from typing import Protocol
 
 import anyio
 
@@ -57,6 +58,10 @@ _REJECTIONS: dict[RejectReason, type[Rejected]] = {
 }
 
 
+class _Releaser(Protocol):
+    def _release(self, permit: Permit, dropped: bool, sample: bool) -> None: ...
+
+
 class Permit:
     """One seat, held until ``release()``. Releasing twice is a no-op, never a double release.
 
@@ -64,17 +69,17 @@ class Permit:
     ``release()`` in a ``finally``.
     """
 
-    __slots__ = ("_scheduler", "inflight", "lane", "released", "since", "waited")
+    __slots__ = ("_backend", "inflight", "lane", "released", "since", "waited")
 
     def __init__(
         self,
-        scheduler: PriorityScheduler,
+        backend: _Releaser,
         lane: Priority,
         waited: float = 0.0,
         since: float | None = None,
         inflight: int = 0,
     ) -> None:
-        self._scheduler = scheduler
+        self._backend = backend
         self.lane = lane
         self.waited = waited
         """Seconds spent in the queue before the seat was handed over (0.0 when immediate)."""
@@ -93,7 +98,7 @@ class Permit:
         """
         if not self.released:
             self.released = True
-            self._scheduler._release(self, dropped, sample)
+            self._backend._release(self, dropped, sample)
 
     def __enter__(self) -> Permit:
         return self
