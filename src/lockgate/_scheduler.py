@@ -10,14 +10,21 @@ What it guarantees, with ``u_i`` the seats lane ``i`` holds (``N``/``G``/``Max``
   guarantee is admitted at once, because nobody else ever sits in its guaranteed seats.
 * No barging: a newcomer takes a free seat only when no waiter could take it.
 * Direct hand-off: a released seat goes straight to the next waiter (lanes under their
-  guarantee, then lanes under their nominal share -- repay before lend -- then borrowers in
-  priority order; FIFO inside a lane). No count is bumped that a newcomer could steal.
+  guarantee first, then strict priority; FIFO inside a lane, newest-first while the lane is
+  overloaded). No count is bumped that a newcomer could steal.
 * Work conservation: at rest, a free seat and a waiter that could use it never coexist.
+* Lowest lanes shed first: a lane's waiters are shed for standing too long, and its arrivals
+  refused because a higher lane is overloaded, only while every lower lane is down to its
+  guaranteed seats.
 
-Because of the last point the arrival rule is short: admit when ``u_i < G_i``, or when a seat
-is free under I3 and ``u_i < Max_i``. (Every lane that waits while a seat is free is at its
-``Max``, so no waiter of an equal or higher lane, and no lane under its nominal share, is
-passed over.)
+Because of work conservation the arrival rule is short: admit when ``u_i < G_i``, or when a
+seat is free under I3 and ``u_i < Max_i``. (Every lane that waits while a seat is free is at
+its ``Max``, so no waiter of an equal or higher lane is passed over.)
+
+Guaranteed seats are the hard part of a lane's share; the rest of the nominal share is soft:
+above the guarantees, seats go by priority. (DESIGN §3 first had lanes under their nominal
+repaid before higher lanes borrow; under a 2x overload that shed logins in bursts while batch
+jobs kept their share. To protect a lower lane, give it guaranteed seats: lower ``lendable``.)
 
 What it is not: a rate limiter, a fair queue between clients, or a thread-safe object. It
 lives on one event loop; every method but ``acquire`` is synchronous and never blocks.
@@ -326,6 +333,8 @@ class PriorityScheduler:
         now = self._clock.now()
         if self.discipline.overloaded(lane, now):
             self._shed_stale(lane, now)
+        if lane and self._higher_overloaded(lane, now) and not self._lower_surplus(lane):
+            self._reject_arrival(lane, RejectReason.QUEUE_FULL)  # it would only wait to be shed
         limit = self._queue_limits[lane]
         overload = self._active + self._queued_total >= self._reject_threshold
         if limit is not None and self._queued[lane] >= limit:
@@ -379,7 +388,10 @@ class PriorityScheduler:
         return False
 
     def _shed_stale(self, lane: Priority, now: float) -> None:
-        """In an overloaded lane, answer every waiter older than the target at once."""
+        """In an overloaded lane, answer every waiter older than the target at once -- unless
+        a lower lane still holds seats beyond its guarantee: those come to this lane first."""
+        if self._lower_surplus(lane):
+            return
         oldest_allowed = now - self.discipline.target(lane)
         queue = self._queues[lane]
         while self._queued[lane]:
@@ -465,22 +477,29 @@ class PriorityScheduler:
             waiter.event.set()
 
     def _next_lane(self) -> Priority | None:
-        """The lane whose waiter gets the next seat: guarantee, repayment, priority."""
+        """The lane whose waiter gets the next seat: under its guarantee, else by priority."""
         queued, used = self._queued, self._used
         free = self._occupied < self._limit
-        borrower: Priority | None = None
+        first: Priority | None = None
         for lane in _LANES:
             if not queued[lane]:
                 continue
             u = used[lane]
             if u < self._guaranteed[lane]:
                 return lane
-            if free and u < self._max[lane]:
-                if u < self._nominal[lane]:
-                    return lane  # under its nominal share: repay before lend
-                if borrower is None:
-                    borrower = lane
-        return borrower
+            if first is None and free and u < self._max[lane]:
+                first = lane
+        return first
+
+    def _lower_surplus(self, lane: Priority) -> bool:
+        """Does a lane below ``lane`` hold seats beyond its guarantee (seats ``lane`` will
+        get back by priority, so its waiters must not be shed yet)?"""
+        used, guaranteed = self._used, self._guaranteed
+        return any(used[low] > guaranteed[low] for low in _LANES[lane + 1 :])
+
+    def _higher_overloaded(self, lane: Priority, now: float) -> bool:
+        """Is a lane above ``lane`` overloaded (so ``lane`` will get no seat soon)?"""
+        return any(self.discipline.overloaded(high, now) for high in _LANES[:lane])
 
     # -- observation ------------------------------------------------------------------------
 
