@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import lockgate
+import lockgate.backends
+import lockgate.degrade
 import lockgate.limits
 import lockgate.testing
 
@@ -10,7 +12,7 @@ PUBLIC = {
     "Classifier", "DeadlineUnreachable", "Gate", "GateSettings", "GateStats", "LaneSeats",
     "LaneSettings", "LaneStats", "LanesSettings", "LockgateError", "Permit", "Priority",
     "PriorityScheduler", "QueueFull", "QueueTimeout", "RejectReason", "Rejected", "Rule",
-    "RuleClassifier", "SystemOverload", "load_classifier",
+    "RuleClassifier", "SystemOverload", "TrustedSource", "is_trusted_client", "load_classifier",
 }
 
 
@@ -36,11 +38,16 @@ def test_design_contract_imports() -> None:
         Rule,
         RuleClassifier,
     )
-    from lockgate.limits import FixedLimit  # noqa: F401
+    from lockgate.degrade import (  # noqa: F401
+        CacheOnlyPolicy,
+        CircuitBreakerPolicy,
+        ReadOnlyPolicy,
+    )
+    from lockgate.limits import AIMDLimit, FixedLimit, Gradient2Limit  # noqa: F401
 
 
 def test_submodule_exports() -> None:
     """Public submodules list what they offer, and all of it exists."""
-    for module in (lockgate.limits, lockgate.testing):
+    for module in (lockgate.limits, lockgate.testing, lockgate.degrade, lockgate.backends):
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name}"

@@ -25,6 +25,8 @@ from ._settings import LaneSettings as LaneSettings
 from ._settings import LanesSettings as LanesSettings
 from ._stats import GateStats as GateStats
 from ._stats import LaneStats as LaneStats
+from ._trust import TrustedSource as TrustedSource
+from ._trust import is_trusted_client as is_trusted_client
 
 __version__ = "0.1.0"
 
@@ -49,5 +51,7 @@ __all__ = [
     "Rule",
     "RuleClassifier",
     "SystemOverload",
+    "TrustedSource",
+    "is_trusted_client",
     "load_classifier",
 ]

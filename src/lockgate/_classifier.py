@@ -1,9 +1,10 @@
 """Classifiers: which lane a request belongs to.
 
 A classifier is any object with ``classify(scope) -> Priority``: fast, synchronous, pure. The
-default ``RuleClassifier`` matches the path (exact, prefix or regex) and the method; the first
-matching rule wins, else the default lane. It never reads client headers: a client cannot buy a
-better lane by sending one. Plugins register under the entry-point group
+default ``RuleClassifier`` matches the path (exact, prefix or regex), the method and a role;
+the first matching rule wins, else the default lane. Roles come only from a ``TrustedSource``
+(``scope["state"]``, your callback, or a header from a trusted proxy network): a client cannot
+buy a better lane by sending a header. Plugins register under the entry-point group
 ``lockgate.classifiers`` and are loaded by name with ``load_classifier``.
 """
 
@@ -16,9 +17,10 @@ from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
 
 from ._lanes import Priority
+from ._trust import TrustedSource, normalise_role
 from ._types import Scope
 
-__all__ = ["Classifier", "Rule", "RuleClassifier", "load_classifier"]
+__all__ = ["Classifier", "Rule", "RuleClassifier", "TrustedSource", "load_classifier"]
 
 ENTRY_POINT_GROUP = "lockgate.classifiers"
 
@@ -37,6 +39,9 @@ class Rule:
 
     ``prefix`` is a plain string prefix: ``"/batch"`` also matches ``"/batches"``; write
     ``"/batch/"`` or a regex when that matters.
+
+    ``role`` narrows it to requests whose *trusted* role (see ``TrustedSource``) is that role,
+    compared case-blind: ``Rule(role="admin", priority=Priority.HIGH)``.
     """
 
     priority: Priority
@@ -44,6 +49,7 @@ class Rule:
     prefix: str | None = None
     regex: str | re.Pattern[str] | None = None
     methods: frozenset[str] | None = field(default=None)
+    role: str | None = None
 
     def __post_init__(self) -> None:
         given = [x for x in (self.path, self.prefix, self.regex) if x is not None]
@@ -55,8 +61,18 @@ class Rule:
             object.__setattr__(self, "regex", re.compile(self.regex))
         if self.methods is not None:
             object.__setattr__(self, "methods", frozenset(m.upper() for m in self.methods))
+        if self.role is not None:
+            role = normalise_role(self.role)
+            if role is None:
+                raise ValueError(f"not a valid role: {self.role!r}")
+            object.__setattr__(self, "role", role)
 
-    def matches(self, path: str, method: str) -> bool:
+    def matches(self, path: str, method: str, role: str | None = None) -> bool:
+        """Does a request for ``path`` with ``method`` and trusted ``role`` match?"""
+        return self.matches_target(path, method) and (self.role is None or role == self.role)
+
+    def matches_target(self, path: str, method: str) -> bool:
+        """Path and method only (the role is checked apart, and only when needed)."""
         if self.methods is not None and method not in self.methods:
             return False
         if self.path is not None:
@@ -69,26 +85,49 @@ class Rule:
 
 
 class RuleClassifier:
-    """First matching ``Rule`` wins; no match → ``default`` (``Priority.NORMAL``)."""
+    """First matching ``Rule`` wins; no match → ``default`` (``Priority.NORMAL``).
 
-    __slots__ = ("default", "rules")
+    ``trust`` says where roles come from; the default ``TrustedSource()`` believes only
+    ``scope["state"]["lockgate_role"]``. The role is looked up once per request, and only when
+    a role rule's path and method match.
+    """
 
-    def __init__(self, rules: Iterable[Rule] = (), default: Priority = Priority.NORMAL) -> None:
+    __slots__ = ("default", "rules", "trust")
+
+    def __init__(
+        self,
+        rules: Iterable[Rule] = (),
+        default: Priority = Priority.NORMAL,
+        *,
+        trust: TrustedSource | None = None,
+    ) -> None:
         self.rules = tuple(rules)
         self.default = Priority(default)
+        self.trust = trust if trust is not None else TrustedSource()
 
     def classify(self, scope: Scope) -> Priority:
         if not self.rules:
             return self.default
         path: str = scope.get("path", "")
         method: str = scope.get("method", "GET")
+        role: str | None = None
+        looked_up = False
         for rule in self.rules:
-            if rule.matches(path, method):
+            if not rule.matches_target(path, method):
+                continue
+            if rule.role is None:
+                return rule.priority
+            if not looked_up:
+                role, looked_up = self.trust.role_of(scope), True
+            if role == rule.role:
                 return rule.priority
         return self.default
 
     def __repr__(self) -> str:
-        return f"RuleClassifier({list(self.rules)!r}, default={self.default!r})"
+        return (
+            f"RuleClassifier({list(self.rules)!r}, default={self.default!r},"
+            f" trust={self.trust!r})"
+        )
 
 
 def load_classifier(name: str, **kwargs: Any) -> Classifier:

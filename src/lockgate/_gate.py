@@ -12,21 +12,26 @@ import logging
 import math
 import re
 from collections import deque
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from ._classifier import Classifier, RuleClassifier, load_classifier
-from ._clock import Clock
+from ._clock import Clock, MonotonicClock
 from ._exceptions import Rejected
 from ._lanes import Priority
 from ._responses import send_json, send_rejection, status_body
 from ._scheduler import Permit, PriorityScheduler
 from ._settings import GateSettings
 from ._stats import GateStats
+from ._trust import is_trusted_client, parse_networks
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .backends import Backend
+from .degrade import Answer, DegradationPolicy, PolicyChain, RequestInfo, ResponseInfo
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import Meter
 
 __all__ = ["Gate"]
 
@@ -34,6 +39,8 @@ logger = logging.getLogger("lockgate")
 
 QUEUE_WAIT_HEADER_AFTER = 0.1
 """Admitted requests that waited longer than this many seconds get ``X-Queue-Wait-Time``."""
+POLICY_STATS_EVERY = 0.01
+"""Seconds a ``GateStats`` snapshot is reused for the degradation policies."""
 MAX_BUFFERED_BODY = 1 << 20
 """Body bytes read ahead while a request waits (to notice a disconnect); past it, the gate
 stops reading and the wait is bounded by the timeout alone."""
@@ -54,31 +61,34 @@ class Gate:
         settings: GateSettings | None = None,
         *,
         classifier: Classifier | str | None = None,
-        policies: Sequence[Any] = (),
+        policies: Iterable[DegradationPolicy | str] = (),
         backend: Backend | None = None,
-        meter: Any = None,
+        meter: Meter | None = None,
         clock: Clock | None = None,
     ) -> None:
-        if policies:
-            raise NotImplementedError("degradation policies are not implemented yet")
-        if meter is not None:
-            raise NotImplementedError("OpenTelemetry metrics are not implemented yet")
         self.app = app
         self.settings = settings if settings is not None else GateSettings()
+        self._clock: Clock = clock if clock is not None else MonotonicClock()
         if isinstance(classifier, str):
             classifier = load_classifier(classifier)
         self.classifier: Classifier = classifier if classifier is not None else RuleClassifier()
         self.scheduler: Backend = (
             backend if backend is not None
-            else PriorityScheduler.from_settings(self.settings, clock)
+            else PriorityScheduler.from_settings(self.settings, self._clock)
         )
+        self.policies = PolicyChain(policies)
+        self._snapshot: tuple[float, GateStats] | None = None
         self._enabled = self.settings.enabled
         self._status_path = self.settings.status_path
         self._bypass = _path_matcher(self.settings.bypass_paths)
         self._classify = self.classifier.classify
         self._try_acquire = self.scheduler.try_acquire
-        self._deadline_headers = self.settings.deadline_headers
+        self._deadline_mode = self.settings.deadline_headers
+        self._trusted = parse_networks(self.settings.trusted_proxies)
         self._adaptive = self.scheduler.adaptive
+        from .otel import GateMetrics  # metrics (issue 5): observed from stats() at collection
+
+        self.metrics = GateMetrics(self.scheduler.stats, meter)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self._enabled:
@@ -96,19 +106,92 @@ class Gate:
         except Exception:
             logger.exception("classifier failed; using the default lane")
             lane = Priority.NORMAL
+        if self.policies:
+            await self._with_policies(scope, receive, send, lane)
+        else:
+            await self._admit(self.app, scope, receive, send, lane)
+
+    async def _admit(
+        self, app: ASGIApp, scope: Scope, receive: Receive, send: Send, lane: Priority
+    ) -> None:
+        """Take a seat (at once or after queueing), run ``app``, give the seat back."""
         permit = self._try_acquire(lane)
         if permit is None:
-            await self._queued(scope, receive, send, lane)
+            await self._queued(app, scope, receive, send, lane)
         elif self._adaptive:
-            await self._run_sampled(permit, scope, receive, send)
+            await self._run_sampled(app, permit, scope, receive, send)
         else:
             try:
-                await self.app(scope, receive, send)
+                await app(scope, receive, send)
             finally:
                 permit.release()
 
+    async def _with_policies(
+        self, scope: Scope, receive: Receive, send: Send, lane: Priority
+    ) -> None:
+        """Ask the degradation policies first; tell them how the app's response ended."""
+        policies = self.policies
+        request = RequestInfo(scope, scope.get("method", "GET"), scope["path"], lane,
+                              scope.get("headers", ()))
+        now = self._clock.now()
+        answer, passed = policies.before(request, self._policy_stats(now), now)
+        if answer is not None:
+            try:
+                await self._answer(send, lane, answer)
+            finally:
+                policies.after(request, passed, ResponseInfo(0), self._clock.now())
+            return
+        status, headers, error = 0, [], False
+        chunks: list[bytes] | None = [] if policies.wants_body else None
+        room, complete = policies.capture_limit, False
+
+        async def observed(scope: Scope, receive: Receive, app_send: Send) -> None:
+            async def capture(message: Message) -> None:
+                nonlocal status, headers, chunks, room, complete
+                if message["type"] == "http.response.start":
+                    status, headers = message["status"], message.get("headers", [])
+                elif message["type"] == "http.response.body":
+                    complete = not message.get("more_body", False)
+                    body = message.get("body", b"")
+                    room -= len(body)
+                    if chunks is not None and room >= 0:
+                        chunks.append(body)
+                    else:
+                        chunks = None
+                await app_send(message)
+
+            await self.app(scope, receive, capture)
+
+        try:
+            await self._admit(observed, scope, receive, send, lane)
+        except Exception:
+            error = True
+            raise
+        finally:
+            body = b"".join(chunks) if chunks is not None and complete and not error else None
+            response = ResponseInfo(status, headers, body, error)
+            policies.after(request, passed, response, self._clock.now())
+
+    async def _answer(self, send: Send, lane: Priority, answer: Answer) -> None:
+        """Send a policy's answer: a structured rejection or a complete response."""
+        if answer.reason is not None:
+            self.scheduler.record_rejection(lane, answer.reason)
+            retry = answer.retry_after or self.scheduler.retry_after(lane)
+            await send_rejection(send, answer.reason, retry)
+            return
+        start = {"type": "http.response.start", "status": answer.status,
+                 "headers": list(answer.headers)}
+        await send(start)
+        await send({"type": "http.response.body", "body": answer.body})
+
+    def _policy_stats(self, now: float) -> GateStats:
+        """A snapshot for the policies, rebuilt at most every 10 ms (it costs ~10 us)."""
+        if self._snapshot is None or now - self._snapshot[0] >= POLICY_STATS_EVERY:
+            self._snapshot = (now, self.scheduler.stats())
+        return self._snapshot[1]
+
     async def _run_sampled(
-        self, permit: Permit, scope: Scope, receive: Receive, send: Send
+        self, app: ASGIApp, permit: Permit, scope: Scope, receive: Receive, send: Send
     ) -> None:
         """Run the app and tell an adaptive limit how it went: overload answers (the app's
         own 429/503/504, or a ``TimeoutError``) are drops; cancelled runs are no sample."""
@@ -121,14 +204,16 @@ class Gate:
             await send(message)
 
         try:
-            await self.app(scope, receive, watch_status)
+            await app(scope, receive, watch_status)
         except BaseException as exc:
             cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
             permit.release(dropped=isinstance(exc, TimeoutError), sample=not cancelled)
             raise
         permit.release(dropped=status in _OVERLOAD_STATUSES)
 
-    async def _queued(self, scope: Scope, receive: Receive, send: Send, lane: Priority) -> None:
+    async def _queued(
+        self, app: ASGIApp, scope: Scope, receive: Receive, send: Send, lane: Priority
+    ) -> None:
         """The slow path: wait for a seat while watching for the client to disconnect."""
         buffered: deque[Message] = deque()
         permit: Permit | None = None
@@ -150,7 +235,7 @@ class Gate:
             except Exception:  # the app will meet the same error on its own receive()
                 return
 
-        budget = request_budget(scope) if self._deadline_headers else None
+        budget = self._budget(scope) if self._deadline_mode != "off" else None
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(watch, tg.cancel_scope)
@@ -168,17 +253,24 @@ class Gate:
                 return
             if permit is None or disconnected:  # the client left: it takes no seat
                 return
+            self.metrics.record_wait(lane, permit.waited)  # queued admissions only (otel.py)
             if buffered:
                 receive = _replay(buffered, receive)
             if permit.waited > QUEUE_WAIT_HEADER_AFTER:
                 send = _with_wait_header(send, permit.waited)
             if self._adaptive:
-                await self._run_sampled(permit, scope, receive, send)
+                await self._run_sampled(app, permit, scope, receive, send)
             else:
-                await self.app(scope, receive, send)
+                await app(scope, receive, send)
         finally:
             if permit is not None:
                 permit.release()
+
+    def _budget(self, scope: Scope) -> float | None:
+        """The request's deadline, if the settings let lockgate believe it."""
+        if self._deadline_mode == "trusted" and not is_trusted_client(scope, self._trusted):
+            return None
+        return request_budget(scope)
 
     def stats(self) -> GateStats:
         """A frozen snapshot of the gate's seats, queue and counters."""

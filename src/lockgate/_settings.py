@@ -17,6 +17,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ._lanes import Priority
+from ._trust import parse_networks
 
 __all__ = ["GateSettings", "LaneSettings", "LanesSettings"]
 
@@ -120,16 +121,36 @@ class GateSettings(BaseSettings):
     lanes: LanesSettings = LanesSettings()
     target_wait: float | None = Field(default=0.05, gt=0, allow_inf_nan=False)
     """Standing-queue target, seconds; ``None`` turns queue management off."""
-    deadline_headers: bool = False
-    """Honour a client's deadline (``X-Request-Timeout: <seconds>`` or ``grpc-timeout``):
+    deadline_headers: Literal["off", "trusted", "all"] = "off"
+    """Honour a request's deadline (``X-Request-Timeout: <seconds>`` or ``grpc-timeout``):
     refuse at once with ``DEADLINE_UNREACHABLE`` when the predicted wait cannot meet it.
-    Off by default: a deadline header is client input."""
+    ``"trusted"``: only from ``trusted_proxies``; ``"all"``: from anyone (``true``/``false``
+    mean ``"all"``/``"off"``). Off by default: a deadline header is client input."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Networks (``"10.0.0.0/8"``, ``"::1"``) whose requests' headers lockgate may trust."""
     limit: str = Field(default="fixed", min_length=1)
     """``"fixed"``, ``"aimd"``, ``"gradient2"`` or a ``lockgate.limits`` entry-point name."""
     bypass_paths: tuple[str, ...] = ("/health", "/metrics")
     """Paths never queued nor rejected; each also covers its sub-paths (``/health/ready``)."""
     status_path: str | None = "/metrics/backpressure"
     """Where the gate serves its JSON status; ``None`` to disable."""
+
+    @field_validator("deadline_headers", mode="before")
+    @classmethod
+    def _deadline_mode(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return "all" if value else "off"
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return "all"
+        if isinstance(value, str) and value.lower() in ("false", "0", "no"):
+            return "off"
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        parse_networks(value)  # raises ValueError naming the bad one
+        return value
 
     @field_validator("limit")
     @classmethod
@@ -145,6 +166,8 @@ class GateSettings(BaseSettings):
         for path in (*self.bypass_paths, *([self.status_path] if self.status_path else [])):
             if not path.startswith("/"):
                 raise ValueError(f"paths must start with '/': {path!r}")
+        if self.deadline_headers == "trusted" and not self.trusted_proxies:
+            raise ValueError("deadline_headers='trusted' needs trusted_proxies")
         if self.reject_threshold is not None and self.reject_threshold < self.max_concurrent:
             raise ValueError("reject_threshold must be >= max_concurrent")
         return self
