@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/lockgate demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -12,5 +12,5 @@ async def me() -> dict[str, str]:
     return {"user": "me"}
 
 
-app.asgi_app = Gate(app.asgi_app, GateSettings(max_concurrent=20))  # type: ignore[method-assign]
+app.asgi_app = Gate(app.asgi_app, GateSettings(max_concurrent=20))  # type: ignore[method-assign,assignment]
 # run with: hypercorn examples.quart_app:app

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import socket
 import threading
 import time
@@ -80,13 +81,13 @@ def wait_until(
 
 
 async def await_until(
-    predicate: Callable[[], Awaitable[bool]], timeout: float = 5.0, message: str = "condition"
+    predicate: Callable[[], Awaitable[bool]], within: float = 5.0, message: str = "condition"
 ) -> None:
     """``wait_until`` for async predicates, without blocking the caller's loop."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while not await predicate():
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+            raise AssertionError(f"timed out after {within} s waiting for {message}")
         await asyncio.sleep(POLL)
 
 
@@ -198,12 +199,16 @@ class ServerThread:
         config = Config()
         config.bind = [f"{self.host}:{self.port}"]
         config.graceful_timeout = self.graceful_timeout
-        config.errorlog = None
+        config.errorlog = logging.getLogger("hypercorn.error")  # propagates to root
         config.accesslog = None
         loop = asyncio.get_running_loop()
         self.loop = loop
         stop_event = asyncio.Event()
-        self._stop = lambda: loop.call_soon_threadsafe(stop_event.set)
+
+        def stop() -> None:
+            loop.call_soon_threadsafe(stop_event.set)
+
+        self._stop = stop
         await serve(self.app, config, shutdown_trigger=stop_event.wait, mode="asgi")
 
     # -- reaching into the server's loop ----------------------------------------------------
@@ -221,9 +226,9 @@ class ServerThread:
         """Run ``fn()`` on the server's loop (from any other thread) and return its result."""
         return self._submit(fn).result(timeout)
 
-    async def acall(self, fn: Callable[[], T], timeout: float = 5.0) -> T:
+    async def acall(self, fn: Callable[[], T], within: float = 5.0) -> T:
         """``call`` for coroutines on another loop: awaits instead of blocking it."""
-        return await asyncio.wait_for(asyncio.wrap_future(self._submit(fn)), timeout)
+        return await asyncio.wait_for(asyncio.wrap_future(self._submit(fn)), within)
 
     def __enter__(self) -> ServerThread:
         return self.start()

@@ -92,7 +92,7 @@ class RuleClassifier:
     a role rule's path and method match.
     """
 
-    __slots__ = ("default", "rules", "trust")
+    __slots__ = ("_steps", "default", "rules", "trust")
 
     def __init__(
         self,
@@ -104,16 +104,18 @@ class RuleClassifier:
         self.rules = tuple(rules)
         self.default = Priority(default)
         self.trust = trust if trust is not None else TrustedSource()
+        self._steps = _compile(self.rules)
 
     def classify(self, scope: Scope) -> Priority:
-        if not self.rules:
-            return self.default
         path: str = scope.get("path", "")
-        method: str = scope.get("method", "GET")
         role: str | None = None
         looked_up = False
-        for rule in self.rules:
-            if not rule.matches_target(path, method):
+        for prefixes, rule in self._steps:
+            if prefixes is not None:  # a run of plain prefix rules of one lane: one C call
+                if path.startswith(prefixes):
+                    return rule.priority
+                continue
+            if not rule.matches_target(path, scope.get("method", "GET")):
                 continue
             if rule.role is None:
                 return rule.priority
@@ -128,6 +130,24 @@ class RuleClassifier:
             f"RuleClassifier({list(self.rules)!r}, default={self.default!r},"
             f" trust={self.trust!r})"
         )
+
+
+def _compile(rules: tuple[Rule, ...]) -> tuple[tuple[tuple[str, ...] | None, Rule], ...]:
+    """``classify``'s steps: each run of consecutive prefix rules of one lane with no method
+    or role condition becomes one ``str.startswith(tuple)`` test (the same first-match
+    answer, one C call instead of a Python call per rule); other rules stay as they are."""
+    steps: list[tuple[tuple[str, ...] | None, Rule]] = []
+    for rule in rules:
+        prefix = rule.prefix
+        if prefix is None or rule.methods is not None or rule.role is not None:
+            steps.append((None, rule))
+            continue
+        last = steps[-1] if steps else None
+        if last is not None and last[0] is not None and last[1].priority == rule.priority:
+            steps[-1] = ((*last[0], prefix), last[1])
+        else:
+            steps.append(((prefix,), rule))
+    return tuple(steps)
 
 
 def load_classifier(name: str, **kwargs: Any) -> Classifier:

@@ -12,7 +12,7 @@ import logging
 import math
 import re
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -57,7 +57,7 @@ class Gate:
 
     def __init__(
         self,
-        app: ASGIApp,
+        app: Callable[..., Awaitable[None]],
         settings: GateSettings | None = None,
         *,
         classifier: Classifier | str | None = None,
@@ -66,7 +66,7 @@ class Gate:
         meter: Meter | None = None,
         clock: Clock | None = None,
     ) -> None:
-        self.app = app
+        self.app: ASGIApp = app  # any ASGI 3 callable (framework-typed ones included)
         self.settings = settings if settings is not None else GateSettings()
         self._clock: Clock = clock if clock is not None else MonotonicClock()
         if isinstance(classifier, str):
@@ -77,11 +77,22 @@ class Gate:
             else PriorityScheduler.from_settings(self.settings, self._clock)
         )
         self.policies = PolicyChain(policies)
+        self._has_policies = bool(self.policies)  # the chain is a tuple: fixed from here on
         self._snapshot: tuple[float, GateStats] | None = None
         self._enabled = self.settings.enabled
         self._status_path = self.settings.status_path
         self._bypass = _path_matcher(self.settings.bypass_paths)
+        # Every path the gate treats specially starts with one of these, so one C-level
+        # ``startswith`` sends ordinary requests past the status and bypass checks.
+        status = (self._status_path,) if self._status_path else ()
+        self._special = tuple(p.rstrip("/") or "/" for p in (*self.settings.bypass_paths, *status))
         self._classify = self.classifier.classify
+        # A rule-less RuleClassifier always answers its default lane: skip the call.
+        self._fixed_lane = (
+            self.classifier.default
+            if type(self.classifier) is RuleClassifier and not self.classifier.rules
+            else None
+        )
         self._try_acquire = self.scheduler.try_acquire
         self._deadline_mode = self.settings.deadline_headers
         self._trusted = parse_networks(self.settings.trusted_proxies)
@@ -95,21 +106,34 @@ class Gate:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        if path == self._status_path:
-            await send_json(send, 200, status_body(self.scheduler.stats()))
-            return
-        if self._bypass(path):
-            await self.app(scope, receive, send)
-            return
-        try:
-            lane = self._classify(scope)
-        except Exception:
-            logger.exception("classifier failed; using the default lane")
-            lane = Priority.NORMAL
-        if self.policies:
+        if path.startswith(self._special):
+            if path == self._status_path:
+                await send_json(send, 200, status_body(self.scheduler.stats()))
+                return
+            if self._bypass(path):
+                await self.app(scope, receive, send)
+                return
+        lane = self._fixed_lane
+        if lane is None:
+            try:
+                lane = self._classify(scope)
+            except Exception:
+                logger.exception("classifier failed; using the default lane")
+                lane = Priority.NORMAL
+        if self._has_policies:
             await self._with_policies(scope, receive, send, lane)
+            return
+        # ``_admit`` inlined: the common case costs no extra coroutine frame.
+        permit = self._try_acquire(lane)
+        if permit is None:
+            await self._queued(self.app, scope, receive, send, lane)
+        elif self._adaptive:
+            await self._run_sampled(self.app, permit, scope, receive, send)
         else:
-            await self._admit(self.app, scope, receive, send, lane)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                permit.release()
 
     async def _admit(
         self, app: ASGIApp, scope: Scope, receive: Receive, send: Send, lane: Priority

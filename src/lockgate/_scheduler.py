@@ -252,16 +252,20 @@ class PriorityScheduler:
 
     def try_acquire(self, lane: Priority) -> Permit | None:
         """A permit if a seat in ``lane`` is free for a newcomer now, else ``None``."""
-        u = self._used[lane]
-        if u < self._guaranteed[lane] or (u < self._max[lane] and self._occupied < self._limit):
-            self._take(lane)
-            self._admitted[lane] += 1
-            self._countdown -= 1
-            if self._countdown:
-                return Permit(self, lane)
-            self._countdown = self._sample_every
-            return Permit(self, lane, 0.0, self._clock.now(), self._active)
-        return None
+        used = self._used
+        u = used[lane]
+        if u >= self._guaranteed[lane]:  # ``_take`` inlined: this is the hot path
+            if u >= self._max[lane] or self._occupied >= self._limit:
+                return None
+            self._occupied += 1
+        used[lane] = u + 1
+        self._active += 1
+        self._admitted[lane] += 1
+        self._countdown -= 1
+        if self._countdown:
+            return Permit(self, lane)
+        self._countdown = self._sample_every
+        return Permit(self, lane, 0.0, self._clock.now(), self._active)
 
     async def acquire(
         self,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from .._exceptions import RejectReason
-from .._lanes import Priority
+from .._lanes import LaneSeats, Priority
 from .._scheduler import Permit
 from .._stats import GateStats
 
@@ -24,6 +24,11 @@ class Backend(Protocol):
     @property
     def limit(self) -> int:
         """Seats in all, now."""
+        ...
+
+    @property
+    def seats(self) -> tuple[LaneSeats, ...]:
+        """Nominal / guaranteed / max seats per lane under the current limit."""
         ...
 
     @property

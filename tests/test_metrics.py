@@ -1,0 +1,314 @@
+"""OpenTelemetry instruments (``lockgate.otel``) read through the SDK's ``InMemoryMetricReader``:
+names, units, labels and values after scripted admissions and rejections on a fake clock."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import pytest
+from anyio import wait_all_tasks_blocked
+from opentelemetry.metrics import Meter, NoOpMeter
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    Gauge,
+    Histogram,
+    HistogramDataPoint,
+    InMemoryMetricReader,
+    Metric,
+    NumberDataPoint,
+    Sum,
+)
+
+from lockgate import Gate, GateSettings, Priority, PriorityScheduler, RejectReason
+from lockgate._types import Receive, Scope, Send
+from lockgate.otel import WAIT_BUCKETS, GateMetrics
+from lockgate.testing import FakeClock, make_scope, ok_app
+
+from ._asgi import Exchange
+
+Labels = tuple[tuple[str, str], ...]
+LANES = ("critical", "high", "normal", "low")
+REASONS = (
+    "system_overload", "queue_full", "queue_timeout", "deadline_unreachable", "read_only",
+    "circuit_open",
+)  # fmt: skip
+
+
+@dataclass
+class Sdk:
+    """An SDK ``MeterProvider`` whose only reader is in memory."""
+
+    reader: InMemoryMetricReader
+    meter: Meter
+
+    def collect(self) -> dict[str, Metric]:
+        data = self.reader.get_metrics_data()
+        if data is None:  # nothing to report at all
+            return {}
+        return {
+            metric.name: metric
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+        }
+
+
+@pytest.fixture
+def sdk() -> Iterator[Sdk]:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    yield Sdk(reader, provider.get_meter("lockgate"))
+    provider.shutdown()
+
+
+def values(metric: Metric) -> dict[Labels, float]:
+    """``{sorted label pairs: value}`` of a gauge or counter."""
+    out: dict[Labels, float] = {}
+    for point in metric.data.data_points:
+        assert isinstance(point, NumberDataPoint)
+        out[tuple(sorted((k, str(v)) for k, v in (point.attributes or {}).items()))] = point.value
+    return out
+
+
+def histogram(metric: Metric) -> dict[Labels, HistogramDataPoint]:
+    out: dict[Labels, HistogramDataPoint] = {}
+    for point in metric.data.data_points:
+        assert isinstance(point, HistogramDataPoint)
+        out[tuple(sorted((k, str(v)) for k, v in (point.attributes or {}).items()))] = point
+    return out
+
+
+def lane(name: str) -> Labels:
+    return (("lane", name),)
+
+
+def rejected(lane: str, reason: str) -> Labels:
+    return (("lane", lane), ("reason", reason))
+
+
+class HoldApp:
+    """``/hold...`` requests wait until the test opens them (by path); others answer at once."""
+
+    def __init__(self) -> None:
+        self.opened: dict[str, anyio.Event] = {}
+
+    def open(self, path: str) -> None:
+        self.opened.setdefault(path, anyio.Event()).set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        if scope["path"].startswith("/hold"):
+            await self.opened.setdefault(scope["path"], anyio.Event()).wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def start(tg: anyio.abc.TaskGroup, gate: Gate, path: str) -> Exchange:
+    ex = Exchange(gate, path=path)
+    ex.push_body()
+    tg.start_soon(ex.run)
+    await wait_all_tasks_blocked()
+    return ex
+
+
+# -- names, kinds, units ---------------------------------------------------------------------
+
+
+def test_instruments_names_units_and_kinds(sdk: Sdk) -> None:
+    """Every instrument, with the unit that makes the Prometheus exporter write the original
+    plan's names (``s`` -> ``_seconds``; ``{request}`` adds nothing; counters get ``_total``)."""
+    gate = Gate(ok_app, GateSettings(max_concurrent=10), meter=sdk.meter)
+    found = sdk.collect()
+    kinds = {name: (type(m.data).__name__, m.unit) for name, m in found.items()}
+    assert kinds == {
+        "backpressure.active_requests": ("Gauge", "{request}"),
+        "backpressure.queued_requests": ("Gauge", "{request}"),
+        "backpressure.concurrency_limit": ("Gauge", "{request}"),
+        "backpressure.rejected": ("Sum", "{request}"),
+        "backpressure.admitted": ("Sum", "{request}"),
+        # the histogram has no point until a request queues; the degradation gauge none
+        # until a policy reports
+    }
+    for name in ("backpressure.rejected", "backpressure.admitted"):
+        data = found[name].data
+        assert isinstance(data, Sum) and data.is_monotonic
+    assert isinstance(found["backpressure.active_requests"].data, Gauge)
+    assert values(found["backpressure.concurrency_limit"]) == {(): 10}
+    for name in ("backpressure.active_requests", "backpressure.queued_requests"):
+        assert values(found[name]) == {lane(n): 0 for n in LANES}
+    assert values(found["backpressure.rejected"]) == {
+        rejected(n, r): 0 for n in LANES for r in REASONS
+    }
+    assert gate.stats().admitted == 0
+
+
+def test_wait_histogram_has_the_original_buckets(sdk: Sdk) -> None:
+    """The bucket bounds come from the instrument's advice, no View needed."""
+    metrics = GateMetrics(PriorityScheduler(10).stats, sdk.meter)
+    for seconds in (0.005, 0.05, 0.3, 0.7, 2.0, 4.0, 9.0):
+        metrics.record_wait(Priority.HIGH, seconds)
+    found = sdk.collect()["backpressure.wait_time"]
+    assert found.unit == "s" and isinstance(found.data, Histogram)
+    point = histogram(found)[lane("high")]
+    assert tuple(point.explicit_bounds) == WAIT_BUCKETS == (0.01, 0.05, 0.1, 0.5, 1, 3, 5)
+    assert list(point.bucket_counts) == [1, 1, 0, 1, 1, 1, 1, 1]
+    assert point.count == 7
+
+
+# -- values after a scripted sequence --------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_scripted_admissions_and_rejections(sdk: Sdk) -> None:
+    """Two seats, one queue place, FIFO: 2 admitted at once, 1 queued then admitted after
+    0.3 s, 1 QUEUE_FULL, 1 QUEUE_TIMEOUT after 1 s. The histogram holds only the one wait."""
+    app, clock = HoldApp(), FakeClock()
+    settings = GateSettings(max_concurrent=2, queue_capacity=1, wait_timeout=1.0, target_wait=None)
+    gate = Gate(app, settings, clock=clock, meter=sdk.meter)
+    async with anyio.create_task_group() as tg:
+        await start(tg, gate, "/hold1")
+        await start(tg, gate, "/hold2")
+        queued = await start(tg, gate, "/hold3")
+        full = await start(tg, gate, "/x")
+        assert full.status == 503 and full.json()["error"]["code"] == "QUEUE_FULL"
+
+        now = sdk.collect()
+        assert values(now["backpressure.active_requests"])[lane("normal")] == 2
+        assert values(now["backpressure.queued_requests"]) == {
+            lane("critical"): 0, lane("high"): 0, lane("normal"): 1, lane("low"): 0
+        }
+        assert values(now["backpressure.rejected"])[rejected("normal", "queue_full")] == 1
+        assert values(now["backpressure.admitted"])[lane("normal")] == 2
+        assert "backpressure.wait_time" not in now  # immediate admissions are not recorded
+
+        clock.advance(0.3)
+        app.open("/hold1")
+        await wait_all_tasks_blocked()
+        assert queued.status is None  # admitted, held by the app
+        timed_out = await start(tg, gate, "/y")
+        clock.advance(1.0)
+        await wait_all_tasks_blocked()
+        assert timed_out.json()["error"]["code"] == "QUEUE_TIMEOUT"
+        app.open("/hold2")
+        app.open("/hold3")
+
+    end = sdk.collect()
+    assert values(end["backpressure.active_requests"]) == {lane(n): 0 for n in LANES}
+    assert values(end["backpressure.queued_requests"]) == {lane(n): 0 for n in LANES}
+    assert values(end["backpressure.admitted"]) == {
+        lane("critical"): 0, lane("high"): 0, lane("normal"): 3, lane("low"): 0
+    }
+    counts = values(end["backpressure.rejected"])
+    assert {k: v for k, v in counts.items() if v} == {
+        rejected("normal", "queue_full"): 1,
+        rejected("normal", "queue_timeout"): 1,
+    }
+    waits = histogram(end["backpressure.wait_time"])
+    assert list(waits) == [lane("normal")]
+    point = waits[lane("normal")]
+    assert point.count == 1
+    assert point.sum == pytest.approx(0.3)
+    assert list(point.bucket_counts) == [0, 0, 0, 1, 0, 0, 0, 0]  # (0.1, 0.5]
+    assert values(end["backpressure.concurrency_limit"]) == {(): 2}
+
+
+@pytest.mark.anyio
+async def test_fast_path_never_calls_the_histogram() -> None:
+    """Regression guard for the T1 budget: an immediate admission costs no SDK call (one
+    ``record`` is ~4-5 us, a fifth of a trivial request under uvicorn)."""
+    calls: list[str] = []
+
+    class SpyHistogram:
+        def record(self, *args: Any, **kwargs: Any) -> None:
+            calls.append("record")
+
+    class SpyMeter(NoOpMeter):
+        def create_histogram(self, *args: Any, **kwargs: Any) -> Any:
+            return SpyHistogram()
+
+    gate = Gate(ok_app, GateSettings(max_concurrent=5), meter=SpyMeter("spy"))
+    for _ in range(100):
+        ex = Exchange(gate, path="/")
+        ex.push_body()
+        await ex.run()
+        assert ex.status == 200
+    assert calls == []
+    assert gate.stats().admitted == 100
+
+
+def test_rejections_decided_outside_the_scheduler_are_counted(
+    sdk: Sdk,
+) -> None:
+    """A degradation policy's rejection (``record_rejection``) shows up like the gate's own."""
+    gate = Gate(ok_app, meter=sdk.meter)
+    gate.scheduler.record_rejection(Priority.LOW, RejectReason.READ_ONLY)
+    gate.scheduler.record_rejection(Priority.LOW, RejectReason.READ_ONLY)
+    counts = values(sdk.collect()["backpressure.rejected"])
+    assert counts[rejected("low", "read_only")] == 2
+
+
+def test_degradation_mode_hook(sdk: Sdk) -> None:
+    """``gate.metrics.degradation`` reports which modes are on, read at collection time."""
+    gate = Gate(ok_app, meter=sdk.meter)
+    modes = {"read_only": True, "circuit_breaker": False}
+    gate.metrics.degradation = lambda: modes
+    assert values(sdk.collect()["backpressure.degradation_mode"]) == {
+        (("policy", "read_only"),): 1, (("policy", "circuit_breaker"),): 0
+    }
+    modes["read_only"] = False
+    assert values(sdk.collect()["backpressure.degradation_mode"])[
+        (("policy", "read_only"),)
+    ] == 0
+
+
+# -- several gates, gone gates, no SDK -------------------------------------------------------
+
+
+def test_gates_sharing_a_meter_are_summed(sdk: Sdk) -> None:
+    """The SDK keeps only the first instrument of a name: gates on one meter share it."""
+    one = Gate(ok_app, GateSettings(max_concurrent=3), meter=sdk.meter)
+    two = Gate(ok_app, GateSettings(max_concurrent=4), meter=sdk.meter)
+    one.metrics.degradation = lambda: {"read_only": False}
+    two.metrics.degradation = lambda: {"read_only": True}
+    one.scheduler.record_rejection(Priority.HIGH, RejectReason.QUEUE_FULL)
+    two.scheduler.record_rejection(Priority.HIGH, RejectReason.QUEUE_FULL)
+    found = sdk.collect()
+    assert values(found["backpressure.concurrency_limit"]) == {(): 7}
+    assert values(found["backpressure.rejected"])[rejected("high", "queue_full")] == 2
+    assert values(found["backpressure.degradation_mode"]) == {(("policy", "read_only"),): 1}
+
+
+def test_a_collected_or_closed_gate_is_no_longer_observed(sdk: Sdk) -> None:
+    keep = Gate(ok_app, GateSettings(max_concurrent=3), meter=sdk.meter)
+    gone = Gate(ok_app, GateSettings(max_concurrent=4), meter=sdk.meter)
+    assert values(sdk.collect()["backpressure.concurrency_limit"]) == {(): 7}
+    del gone
+    gc.collect()
+    assert values(sdk.collect()["backpressure.concurrency_limit"]) == {(): 3}
+    keep.metrics.close()
+    after = sdk.collect()
+    for name in ("concurrency_limit", "active_requests", "queued_requests", "rejected"):
+        assert f"backpressure.{name}" not in after
+
+
+@pytest.mark.anyio
+async def test_without_an_sdk_metrics_are_no_ops() -> None:
+    """``meter=None`` and no SDK configured: the global API meter is a no-op; the gate and
+    its slow path (which records waits) work as before."""
+    app = HoldApp()
+    gate = Gate(app, GateSettings(max_concurrent=1), clock=FakeClock())
+    explicit = Gate(ok_app, meter=NoOpMeter("lockgate"))
+    async with anyio.create_task_group() as tg:
+        await start(tg, gate, "/hold1")
+        queued = await start(tg, gate, "/hold2")
+        app.open("/hold1")
+        app.open("/hold2")
+    assert queued.status == 200
+    ex = Exchange(explicit, scope=make_scope("/"))
+    ex.push_body()
+    await ex.run()
+    assert ex.status == 200
