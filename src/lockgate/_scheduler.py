@@ -32,6 +32,7 @@ lives on one event loop; every method but ``acquire`` is synchronous and never b
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Sequence
 from types import TracebackType
@@ -129,15 +130,33 @@ class Permit:
 
 
 class _Waiter:
-    __slots__ = ("enqueued", "event", "lane", "permit", "reason", "state")
+    """One queued request. On asyncio it parks on a bare future (with a loop timer for its
+    deadline): about 0.5 KiB a waiter instead of 2.5 KiB with ``anyio.Event`` and a cancel
+    scope, which other event loops (trio) still use."""
+
+    __slots__ = ("enqueued", "lane", "permit", "reason", "state", "wake")
 
     def __init__(self, lane: Priority, enqueued: float) -> None:
         self.lane = lane
         self.enqueued = enqueued
-        self.event = anyio.Event()
+        try:
+            self.wake: asyncio.Future[None] | anyio.Event = (
+                asyncio.get_running_loop().create_future()
+            )
+        except RuntimeError:  # not on asyncio
+            self.wake = anyio.Event()
         self.state = _WAITING
         self.permit: Permit | None = None
         self.reason: RejectReason | None = None
+
+    def notify(self) -> None:
+        """Wake the waiting task (idempotent)."""
+        wake = self.wake
+        if isinstance(wake, asyncio.Future):
+            if not wake.done():
+                wake.set_result(None)
+        else:
+            wake.set()
 
 
 class PriorityScheduler:
@@ -297,9 +316,17 @@ class PriorityScheduler:
                 self._reject_arrival(lane, RejectReason.DEADLINE_UNREACHABLE)
             wait = min(wait, slack)
         waiter = self._enqueue(lane)
+        deadline = waiter.enqueued + wait
         try:
-            with self._clock.deadline_scope(waiter.enqueued + wait):
-                await waiter.event.wait()
+            if isinstance(waiter.wake, asyncio.Future):
+                timer = self._clock.call_at(deadline, waiter.notify)
+                try:
+                    await waiter.wake
+                finally:
+                    timer.cancel()
+            else:
+                with self._clock.deadline_scope(deadline):
+                    await waiter.wake.wait()
         except BaseException:
             if waiter.state == _GRANTED:
                 assert waiter.permit is not None
@@ -372,7 +399,7 @@ class PriorityScheduler:
         waiter.state = _GONE
         waiter.reason = reason
         self.record_rejection(waiter.lane, reason)
-        waiter.event.set()
+        waiter.notify()
 
     def _pop(self, lane: Priority, newest: bool) -> _Waiter:
         """The oldest (FIFO) or newest (LIFO) live waiter of a lane that has one."""
@@ -478,7 +505,7 @@ class PriorityScheduler:
             self._wait_sum += waited
             waiter.permit = Permit(self, lane, waited, now, self._active)
             waiter.state = _GRANTED
-            waiter.event.set()
+            waiter.notify()
 
     def _next_lane(self) -> Priority | None:
         """The lane whose waiter gets the next seat: under its guarantee, else by priority."""
