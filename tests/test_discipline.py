@@ -250,3 +250,27 @@ async def test_queue_emptied_by_service_or_left_empty_is_no_longer_standing() ->
     assert w2.order == ["d"]
     w2.release("d")
     assert (scheduler.stats().active, scheduler.stats().queued) == (0, 0)
+
+
+async def test_lower_lane_is_refused_at_once_while_a_higher_lane_stands() -> None:
+    """While NORMAL's queue stands, a LOW arrival is refused at once (QUEUE_FULL) and the
+    LOW waiters already queued are answered too: they would only wait to be shed. Not so
+    while a LOW seat beyond its guarantee is still to come back to NORMAL first."""
+    scheduler, clock = make(limit=2)
+    teach_service_time(scheduler, clock, 0.02)
+    holders = [scheduler.try_acquire(NORMAL), scheduler.try_acquire(NORMAL)]
+    async with anyio.create_task_group() as tg:
+        w = Waiters(scheduler, tg)
+        await w.add("low-early", Priority.LOW)
+        await w.add("normal")
+        clock.advance(0.11)  # NORMAL's queue has stood an interval: overloaded
+        assert scheduler.discipline.overloaded(NORMAL, clock.now())
+        await w.add("low-late", Priority.LOW)
+        assert type(w.outcome["low-late"]).__name__ == "QueueFull"
+        assert isinstance(w.outcome["low-early"], QueueTimeout)
+        assert "normal" not in w.outcome
+        tg.cancel_scope.cancel()
+    for holder in holders:
+        assert holder is not None
+        holder.release()
+    assert scheduler.stats().lanes[Priority.LOW].rejected == {"QUEUE_FULL": 1, "QUEUE_TIMEOUT": 1}

@@ -33,6 +33,7 @@ lives on one event loop; every method but ``acquire`` is synchronous and never b
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Sequence
 from types import TracebackType
@@ -365,7 +366,9 @@ class PriorityScheduler:
         if self.discipline.overloaded(lane, now):
             self._shed_stale(lane, now)
         if lane and self._higher_overloaded(lane, now) and not self._lower_surplus(lane):
-            self._reject_arrival(lane, RejectReason.QUEUE_FULL)  # it would only wait to be shed
+            # A higher lane stands: everyone here would only wait to be shed. Say so now.
+            self._shed_stale(lane, math.inf)
+            self._reject_arrival(lane, RejectReason.QUEUE_FULL)
         limit = self._queue_limits[lane]
         overload = self._active + self._queued_total >= self._reject_threshold
         if limit is not None and self._queued[lane] >= limit:
@@ -420,7 +423,8 @@ class PriorityScheduler:
 
     def _shed_stale(self, lane: Priority, now: float) -> None:
         """In an overloaded lane, answer every waiter older than the target at once -- unless
-        a lower lane still holds seats beyond its guarantee: those come to this lane first."""
+        a lower lane still holds seats beyond its guarantee: those come to this lane first.
+        (``now=inf`` answers every waiter of the lane.)"""
         if self._lower_surplus(lane):
             return
         oldest_allowed = now - self.discipline.target(lane)
