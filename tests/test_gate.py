@@ -9,7 +9,7 @@ import anyio
 import pytest
 from anyio import wait_all_tasks_blocked
 
-from lockgate import Gate, GateSettings, Priority, Rule, RuleClassifier
+from lockgate import Gate, GateSettings, Priority, PriorityScheduler, Rule, RuleClassifier
 from lockgate._types import Message, Receive, Scope, Send
 from lockgate.testing import FakeClock, make_scope, ok_app
 
@@ -543,3 +543,37 @@ def test_unknown_limit_name_is_a_validation_error() -> None:
 
     with pytest.raises(ValidationError, match=r"unknown limit 'vegas'; built in: fixed, aimd"):
         GateSettings(limit="vegas")
+
+
+async def test_lifespan_starts_and_closes_a_backend_that_needs_it() -> None:
+    """A backend with start()/aclose() (Redis) is started before the app's start-up and
+    closed after the app's shutdown; the app's lifespan messages pass unchanged."""
+    events: list[str] = []
+
+    class Started(PriorityScheduler):
+        async def start(self) -> None:
+            events.append("backend.start")
+
+        async def aclose(self) -> None:
+            events.append("backend.close")
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            events.append(f"app:{message['type']}")
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    gate = Gate(app, backend=Started(4))
+    ex = Exchange(gate, make_scope(type="lifespan"))
+    ex.push({"type": "lifespan.startup"})
+    ex.push({"type": "lifespan.shutdown"})
+    await ex.run()
+    assert events == [
+        "backend.start", "app:lifespan.startup", "app:lifespan.shutdown", "backend.close",
+    ]
+    sent = [m["type"] for m in ex.sent]
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]

@@ -76,6 +76,8 @@ class Gate:
             backend if backend is not None
             else PriorityScheduler.from_settings(self.settings, self._clock)
         )
+        self._backend_start = getattr(self.scheduler, "start", None)
+        self._backend_close = getattr(self.scheduler, "aclose", None)
         self.policies = PolicyChain(policies)
         self._has_policies = bool(self.policies)  # the chain is a tuple: fixed from here on
         self._snapshot: tuple[float, GateStats] | None = None
@@ -103,7 +105,10 @@ class Gate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self._enabled:
-            await self.app(scope, receive, send)
+            if scope["type"] == "lifespan" and self._backend_start is not None:
+                await self._lifespan(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         path = scope["path"]
         if path.startswith(self._special):
@@ -289,6 +294,24 @@ class Gate:
         finally:
             if permit is not None:
                 permit.release()
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Start the backend (e.g. Redis) before the app's start-up; close it after the
+        app's shutdown. The app's own lifespan handling is otherwise untouched."""
+
+        async def receive_() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup" and self._backend_start is not None:
+                await self._backend_start()
+            return message
+
+        async def send_(message: Message) -> None:
+            closing = ("lifespan.shutdown.complete", "lifespan.shutdown.failed")
+            if message["type"] in closing and self._backend_close is not None:
+                await self._backend_close()
+            await send(message)
+
+        await self.app(scope, receive_, send_)
 
     def _budget(self, scope: Scope) -> float | None:
         """The request's deadline, if the settings let lockgate believe it."""

@@ -1,0 +1,1150 @@
+"""``RedisBackend``: one limit shared by every instance of a service, through Redis.
+
+The seats live in Redis as *leases*: one ZSET member per seat, per lane, scored by its expiry
+in Redis's own time (``TIME`` inside Lua). An instance renews all of its leases in one script
+call per heartbeat; a killed instance's seats expire within ``lease_ttl`` and are pruned by the
+next script any instance runs. Counts are ZCARDs of pruned lease sets, never a counter, so
+nothing can leak past one lease lifetime.
+
+**The fast path is local.** An instance leases seats in blocks and admits requests from its
+leased pool without a round trip: ``try_acquire`` is synchronous and does no I/O. Seats come
+back to Redis when they idled through a whole ``linger`` window, at once when another
+instance waits for seats, and on shutdown. The Lua script never leases past the global
+limits, so however the blocks are spread:
+
+* **I1** seats leased in all ``<= C`` (in-flight ``<=`` leased, hence ``<= C``);
+* **I2** seats leased by lane ``i`` ``<= Max_i``, and **I3** ``sum(max(u_i, G_i)) <= C``: lanes
+  are leased as lanes (one ZSET each), with the in-process scheduler's nominal / guaranteed /
+  max seats of the *global* ``C``, so critical's guaranteed seats are never leased to another
+  lane, anywhere.
+
+**Waiting crosses instances.** An instance whose waiters find no leased seat asks Redis for
+seats (one script call for all its lanes and all its waiters, batched with whatever it gives
+back). Refused, it records its unserved waiters in Redis -- lane, age of the oldest, count --
+and the script then hands seats out in the in-process scheduler's order across every
+instance: lanes under their nominal share first, then by priority, then the oldest waiter.
+The instances hear about waiters and freed seats through one pub/sub subscription per
+process (the message carries the whole waiter registry) with a timer backstop at the nearest
+lease expiry; nobody polls per waiter. An instance that learns that another one waits ahead
+of a lane stops admitting that lane from its pool, gives back as many idle seats as the
+others wait for, and gives released seats of that lane back instead of handing them on.
+
+**Failure.** Every Redis call is bounded by ``command_timeout`` (25 ms). An error or a timeout
+switches the instance to ``on_redis_error``: ``"local"`` (default: an in-process
+``PriorityScheduler`` of ``ceil(C / instances)`` seats, ``instances`` being
+``expected_instances`` or, when not given, the number of live instances last seen in
+Redis), ``"open"`` (admit everything) or ``"closed"`` (``SYSTEM_OVERLOAD``). Waiters move to
+the fallback with the time they have left; requests in flight keep their seats and are
+counted against the fallback. A probe each heartbeat brings the instance back to
+``"global"``, where it first leases seats for the fallback's requests still in flight. The
+leases it could not give back while Redis was away are given back then (their names are
+chosen by the client, so even a lease granted by a call that timed out is known).
+
+**What it is not.** It runs on asyncio only (redis-py), with a fixed limit (no adaptive
+limit across instances), and its queue is per instance (``queue_capacity``,
+``reject_threshold`` and the standing-queue control apply to each instance's own waiters).
+A process stalled for longer than ``lease_ttl`` (a stop-the-world pause, a partition) loses
+its leases while its requests still run; the instance notices at its next renewal and leases
+seats for them before it admits anything new, but in the meantime the global count can
+exceed ``C`` -- the price of any lease that does not block on the holder.
+
+Start it on the event loop that serves requests: ``async with RedisBackend(...)``, ``await
+backend.start()`` / ``await backend.aclose()`` (e.g. in the ASGI lifespan), or let the first
+request that has to wait start it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import uuid
+from collections import deque
+from importlib.resources import files
+from types import TracebackType
+from typing import Any, Final, Literal, NamedTuple
+
+import anyio
+
+from .._clock import Clock, MonotonicClock
+from .._discipline import QueueDiscipline
+from .._exceptions import (
+    DeadlineUnreachable,
+    QueueFull,
+    QueueTimeout,
+    Rejected,
+    RejectReason,
+    SystemOverload,
+)
+from .._lanes import LaneSeats, Priority, lane_seats
+from .._scheduler import Permit, PriorityScheduler
+from .._settings import GateSettings
+from .._stats import GateStats, LaneStats
+
+try:
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import RedisError
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "lockgate.backends.redis needs redis-py: pip install 'lockgate[redis]'"
+    ) from exc
+
+__all__ = ["Mode", "RedisBackend"]
+
+logger = logging.getLogger("lockgate.redis")
+
+Mode = Literal["global", "local", "open", "closed"]
+ErrorPolicy = Literal["local", "open", "closed"]
+
+_LANES: Final = tuple(Priority)
+_WAITING, _GRANTED, _GONE, _MOVED = 0, 1, 2, 3
+_SAMPLE_EVERY = 4
+_DEBT_AGE_MS = 60_000
+"""Age announced for requests running without a lease: they are served before any waiter."""
+_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+_FIRST_PROBE = 0.05
+"""Seconds from a Redis failure to the first probe; the delay doubles up to a heartbeat."""
+_REJECTIONS: dict[RejectReason, type[Rejected]] = {
+    cls.reason: cls for cls in (SystemOverload, QueueFull, QueueTimeout, DeadlineUnreachable)
+}
+SYNC_SCRIPT: Final = (
+    files("lockgate.backends").joinpath("lua", "sync.lua").read_text(encoding="utf-8")
+)
+"""The Lua script behind every Redis call this backend makes (``lua/sync.lua``)."""
+
+
+class _Waiter:
+    __slots__ = ("enqueued", "event", "lane", "permit", "reason", "state")
+
+    def __init__(self, lane: Priority, enqueued: float) -> None:
+        self.lane = lane
+        self.enqueued = enqueued
+        self.event = anyio.Event()
+        self.state = _WAITING
+        self.permit: Permit | None = None
+        self.reason: RejectReason | None = None
+
+
+class _Planned(NamedTuple):
+    """One script call: its arguments, and what it may lease and give back."""
+
+    seq: int
+    args: list[str]
+    wanted: int
+    release: list[str]
+
+
+class _Fallback(PriorityScheduler):
+    """The in-process scheduler used while Redis is away; tells its owner of each release."""
+
+    owner: RedisBackend
+
+    def _release(self, permit: Permit, dropped: bool, sample: bool) -> None:
+        super()._release(permit, dropped, sample)
+        self.owner._fallback_released(permit.lane)
+
+
+class RedisBackend:
+    """Seats shared by every instance through Redis; see the module docstring.
+
+    ``RedisBackend(url, name, lease_ttl=10.0)``: instances that share ``url`` and ``name``
+    (and the same ``settings``) share one limit, ``settings.max_concurrent``.
+
+    * ``heartbeat`` -- seconds between lease renewals (default ``lease_ttl / 3``).
+    * ``block`` -- seats leased beyond the waiters' need when a lane's pool runs dry
+      (default ``max(1, C // (4 * instances))``, at most 16).
+    * ``linger`` -- seats that stayed idle through a whole window of this many seconds go
+      back to Redis (default ``min(1.0, lease_ttl / 4)``); 0 gives every seat back at once.
+    * ``fastpath=False`` -- the one-round-trip-per-request variant, for comparison: no
+      pool, every admission leases one seat and every release gives it back, each with its
+      own script call.
+    * ``on_redis_error``, ``expected_instances``, ``command_timeout`` -- see "Failure" above.
+    * ``pool_size`` -- Redis connections at most (the pub/sub subscription holds one; the
+      block-leasing design uses one more; ``fastpath=False`` one per call in flight).
+    * ``key_prefix`` -- keys are ``{<key_prefix>:<name>}:...``, one Redis Cluster slot.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        name: str = "default",
+        *,
+        lease_ttl: float = 10.0,
+        heartbeat: float | None = None,
+        settings: GateSettings | None = None,
+        block: int | None = None,
+        linger: float | None = None,
+        fastpath: bool = True,
+        expected_instances: int | None = None,
+        on_redis_error: ErrorPolicy = "local",
+        command_timeout: float = 0.025,
+        start_timeout: float = 1.0,
+        pool_size: int = 32,
+        clock: Clock | None = None,
+        key_prefix: str = "lockgate",
+    ) -> None:
+        settings = settings if settings is not None else GateSettings()
+        if settings.limit != "fixed":
+            raise ValueError("RedisBackend supports only a fixed limit (settings.limit='fixed')")
+        if not lease_ttl > 0.01:
+            raise ValueError("lease_ttl must be > 0.01 seconds")
+        heartbeat = lease_ttl / 3 if heartbeat is None else heartbeat
+        if not 0 < heartbeat < lease_ttl:
+            raise ValueError("heartbeat must be > 0 and < lease_ttl")
+        if not command_timeout > 0 or not start_timeout > 0:
+            raise ValueError("command_timeout and start_timeout must be > 0")
+        if on_redis_error not in ("local", "open", "closed"):
+            raise ValueError("on_redis_error must be 'local', 'open' or 'closed'")
+        if expected_instances is not None and expected_instances < 1:
+            raise ValueError("expected_instances must be >= 1")
+        if pool_size < 2:
+            raise ValueError("pool_size must be >= 2")
+        if block is not None and block < 1:
+            raise ValueError("block must be >= 1")
+        if linger is not None and linger < 0:
+            raise ValueError("linger must be >= 0")
+        if not name or "}" in name or "}" in key_prefix or "{" in name + key_prefix:
+            raise ValueError("name and key_prefix must be non-empty and contain no braces")
+
+        self.url = url
+        self.name = name
+        self.settings = settings
+        self.instance_id = uuid.uuid4().hex[:12]
+        """This instance's name in Redis: its leases are ``<instance_id>:<n>``."""
+        self.lease_ttl = lease_ttl
+        self.heartbeat = heartbeat
+        self.command_timeout = command_timeout
+        self.on_redis_error: ErrorPolicy = on_redis_error
+        self.expected_instances = expected_instances
+        self._start_timeout = start_timeout
+        self._pool_size = pool_size
+        self._fastpath = fastpath
+        self._clock: Clock = clock or MonotonicClock()
+
+        limit = settings.max_concurrent
+        self._limit = limit
+        self._lanes = settings.lanes.ordered()
+        self._seats: tuple[LaneSeats, ...] = lane_seats(limit, self._lanes)
+        instances = expected_instances or 1
+        self._block = 1 if not fastpath else block or max(1, min(16, limit // (4 * instances)))
+        self._linger = (
+            0.0 if not fastpath else (min(1.0, lease_ttl / 4) if linger is None else linger)
+        )
+        self._hold_none = not fastpath or self._linger == 0.0
+
+        tag = f"{{{key_prefix}:{name}}}"
+        self.keys: tuple[str, ...] = (
+            *(f"{tag}:seats:{lane}" for lane in range(len(_LANES))),
+            f"{tag}:wait",
+            f"{tag}:instances",
+        )
+        """Every key the backend uses (one hash tag: one Redis Cluster slot)."""
+        self.channel = f"{tag}:wake"
+        """The pub/sub channel the instances wake each other on."""
+        self._static_args = [
+            self.instance_id, str(round(lease_ttl * 1000)), str(limit),
+        ]  # fmt: skip
+        self._lane_args = [
+            *(str(s.guaranteed) for s in self._seats),
+            *(str(s.nominal) for s in self._seats),
+            *(str(s.max) for s in self._seats),
+        ]
+
+        # The leased pool, per lane: idle seats, seats in use, and requests running without
+        # a lease ("debt": seats lost, or requests admitted while Redis was away).
+        self._idle: list[list[str]] = [[] for _ in _LANES]
+        self._busy: list[list[str]] = [[] for _ in _LANES]
+        self._debt = [0, 0, 0, 0]
+        self._low_water = [0, 0, 0, 0]  # fewest idle seats during the current linger window
+        self._prefetch = [False, False, False, False]
+        self._returns: list[str] = []  # "<lane>|<seat>" to give back at the next call
+        self._limbo: list[str] = []  # seats Redis may hold for us, to give back when it answers
+        self._seq = 0
+
+        # Waiters of other instances (lane, since on our clock, want), and what they mean here.
+        self._others: list[tuple[int, float, int, bool]] = []  # lane, since, want, eligible
+        self._yield = [False, False, False, False]  # another instance waits ahead of the lane
+        self._registered = [False, False, False, False]  # our waiters are recorded in Redis
+        self._blocked = [False, False, False, False]  # the pool may not admit newcomers
+
+        # The local queue.
+        self._queue_capacity = settings.queue_capacity
+        self._wait_timeout = settings.wait_timeout
+        self._reject_threshold = settings.effective_reject_threshold
+        self._queue_limits = [lane.queue_limit for lane in self._lanes]
+        self._queues: list[deque[_Waiter]] = [deque() for _ in _LANES]
+        self._queued = [0, 0, 0, 0]
+        self._dead = [0, 0, 0, 0]
+        self._queued_total = 0
+        self._admitted = [0, 0, 0, 0]
+        self._rejected: list[dict[str, int]] = [{} for _ in _LANES]
+        self._wait_sum = 0.0
+        self._countdown = _SAMPLE_EVERY
+        self.discipline = QueueDiscipline(len(_LANES), settings.target_wait, self._wait_timeout)
+
+        # Degraded modes.
+        self._mode: Mode = "global"
+        self._local = _Fallback(
+            math.ceil(limit / instances),
+            self._lanes,
+            queue_capacity=settings.queue_capacity,
+            wait_timeout=settings.wait_timeout,
+            reject_threshold=settings.reject_threshold,
+            target_wait=settings.target_wait,
+            clock=self._clock,
+        )
+        self._local.owner = self
+        self._shadows: list[list[Permit]] = [[] for _ in _LANES]
+        self._shadows_taken = [0, 0, 0, 0]  # fallback seats ever taken for our own requests
+        self._carried = [0, 0, 0, 0]  # fallback requests still running, counted in our debt
+        self._moving: set[anyio.CancelScope] = set()
+        self.instances_seen = 0
+        """Live instances in Redis at the last call (0 before the first)."""
+        self.leased_globally = 0
+        """Seats leased by all instances at the last call."""
+        self.counters: dict[str, int] = {
+            "calls": 0, "redis_errors": 0, "mode_switches": 0, "lost_leases": 0,
+            "messages": 0,
+        }  # fmt: skip
+        """Script calls, Redis errors and timeouts, switches to a fallback mode, leases found
+        expired at renewal, pub/sub messages received."""
+
+        # Lifecycle.
+        self._client: aioredis.Redis | None = None
+        self._script: Any = None
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._inline: set[asyncio.Task[None]] = set()
+        self._starting: asyncio.Event | None = None
+        self._started = False
+        self._closed = False
+        self._backstop = math.inf
+        self._next_probe = math.inf
+        self._probe_delay = _FIRST_PROBE
+
+    # -- the Backend protocol ---------------------------------------------------------------
+
+    @property
+    def limit(self) -> int:
+        """Seats in all, across every instance (``C``)."""
+        return self._limit
+
+    @property
+    def adaptive(self) -> bool:
+        return False
+
+    @property
+    def seats(self) -> tuple[LaneSeats, ...]:
+        """Nominal / guaranteed / max seats per lane under the global limit."""
+        return self._seats
+
+    @property
+    def mode(self) -> Mode:
+        """``"global"`` while Redis answers; else the fallback (``"closed"`` once closed)."""
+        return self._mode
+
+    @property
+    def leased(self) -> tuple[int, ...]:
+        """Seats this instance leases now, per lane."""
+        return tuple(len(i) + len(b) for i, b in zip(self._idle, self._busy, strict=True))
+
+    def try_acquire(self, lane: Priority) -> Permit | None:
+        """A permit from the leased pool at once, without I/O, or ``None``."""
+        idle = self._idle[lane]
+        if idle and not self._blocked[lane]:
+            self._busy[lane].append(idle.pop())
+            left = len(idle)
+            if left < self._low_water[lane]:
+                self._low_water[lane] = left
+            if not left and self.leased_globally < self._limit:
+                self._prefetch[lane] = True  # the pool ran dry: lease a block in the background
+                self._wake.set()
+            self._admitted[lane] += 1
+            self._countdown -= 1
+            if self._countdown:
+                return Permit(self, lane)
+            self._countdown = _SAMPLE_EVERY
+            return Permit(self, lane, 0.0, self._clock.now(), self._in_flight())
+        mode = self._mode
+        if mode == "local":
+            return self._local.try_acquire(lane)
+        if mode == "open":
+            return self._unleased(lane)
+        return None
+
+    async def acquire(
+        self,
+        lane: Priority,
+        timeout: float | None = None,  # noqa: ASYNC109 - a queue budget, answered QueueTimeout
+        *,
+        budget: float | None = None,
+    ) -> Permit:
+        """Wait for a seat of ``lane``: from the pool, from Redis, or from the fallback.
+
+        Same contract as ``PriorityScheduler.acquire``: ``QueueTimeout`` after ``timeout``
+        (default ``wait_timeout``), ``QueueFull`` / ``SystemOverload`` / ``DeadlineUnreachable``
+        as there; cancellation-safe.
+        """
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        if not self._started:
+            await self.start()
+        clock = self._clock
+        started = clock.now()
+        deadline = started + (self._wait_timeout if timeout is None else timeout)
+        if budget is not None:
+            deadline = min(deadline, started + budget - self.discipline.service_time(lane))
+        first = True
+        while True:
+            if self._mode != "global":
+                left = None if budget is None else budget - (clock.now() - started)
+                permit = await self._acquire_degraded(lane, deadline, left)
+                if permit is not None:
+                    return permit
+                continue
+            permit = self.try_acquire(lane)
+            if permit is not None:
+                return permit
+            if not self._fastpath:
+                permit = await self._lease_inline(lane)
+                if permit is not None:
+                    return permit
+                if self._mode != "global":
+                    continue
+            if budget is not None and first:
+                slack = budget - self.discipline.service_time(lane)
+                ahead = sum(self._queued[: lane + 1])
+                if self.discipline.predicted_wait(ahead, self._share()) > slack:
+                    self._reject_arrival(lane, RejectReason.DEADLINE_UNREACHABLE)
+            first = False
+            waiter = self._enqueue(lane)
+            self._wake.set()
+            try:
+                with clock.deadline_scope(deadline):
+                    await waiter.event.wait()
+            except BaseException:
+                if waiter.state == _GRANTED:
+                    assert waiter.permit is not None
+                    waiter.permit.release()
+                elif waiter.state == _WAITING:
+                    self._remove(waiter)
+                raise
+            if waiter.state == _GRANTED:
+                assert waiter.permit is not None
+                return waiter.permit
+            if waiter.state == _MOVED:  # the mode changed: wait there with the time left
+                continue
+            if waiter.state == _WAITING:  # our own deadline passed
+                self._remove(waiter)
+                waiter.reason = RejectReason.QUEUE_TIMEOUT
+                self.record_rejection(lane, waiter.reason)
+            assert waiter.reason is not None
+            raise _REJECTIONS[waiter.reason]()
+
+    def retry_after(self, lane: Priority) -> int:
+        """``Retry-After`` for ``lane``: this instance's queue ahead, drained at its share."""
+        if self._mode == "local":
+            return self._local.retry_after(lane)
+        return self.discipline.retry_after(sum(self._queued[: lane + 1]), self._share())
+
+    def record_rejection(self, lane: Priority, reason: RejectReason) -> None:
+        counts = self._rejected[lane]
+        counts[reason.value] = counts.get(reason.value, 0) + 1
+
+    def stats(self) -> GateStats:
+        """This instance's requests (its own and its fallback's), under the global seats."""
+        local = self._local.stats()
+        lanes = []
+        wait_sum = self._wait_sum + local.avg_wait_time_ms / 1000.0 * local.admitted
+        for lane, seats, fallback in zip(_LANES, self._seats, local.lanes, strict=True):
+            shadows = len(self._shadows[lane])
+            rejected = dict(self._rejected[lane])
+            for reason, count in fallback.rejected.items():
+                rejected[reason] = rejected.get(reason, 0) + count
+            lanes.append(
+                LaneStats(
+                    lane=lane,
+                    active=len(self._busy[lane])
+                    + self._debt[lane]
+                    - self._carried[lane]
+                    + fallback.active
+                    - shadows,
+                    queued=self._queued[lane] + fallback.queued,
+                    nominal=seats.nominal,
+                    guaranteed=seats.guaranteed,
+                    max=seats.max,
+                    admitted=self._admitted[lane] + fallback.admitted - self._shadows_taken[lane],
+                    rejected=rejected,
+                )
+            )
+        admitted = sum(lane.admitted for lane in lanes)
+        return GateStats(
+            limit=self._limit,
+            active=sum(lane.active for lane in lanes),
+            queued=sum(lane.queued for lane in lanes),
+            rejected=sum(sum(lane.rejected.values()) for lane in lanes),
+            admitted=admitted,
+            avg_wait_time_ms=1000.0 * wait_sum / admitted if admitted else 0.0,
+            lanes=tuple(lanes),
+        )
+
+    def _release(self, permit: Permit, dropped: bool, sample: bool) -> None:
+        if permit.since is not None and sample:
+            self.discipline.record_service(permit.lane, self._clock.now() - permit.since)
+        self._free_seat(permit.lane)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, load the script and start the heartbeat and pub/sub tasks.
+
+        Never fails for Redis's sake: if Redis does not answer within ``start_timeout``, the
+        backend starts in its fallback mode and keeps probing.
+        """
+        if self._started or self._closed:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "RedisBackend runs on asyncio only (redis-py's asyncio client)"
+            ) from None
+        if self._starting is not None:
+            await self._starting.wait()
+            return
+        self._starting = asyncio.Event()
+        try:
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self.url,
+                max_connections=self._pool_size,
+                timeout=None,  # waiting for a connection is bounded like the call itself
+                decode_responses=True,
+                retry=Retry(NoBackoff(), 0),
+                socket_timeout=None,
+                socket_connect_timeout=None,
+            )
+            self._client = aioredis.Redis.from_pool(pool)
+            self._script = self._client.register_script(SYNC_SCRIPT)
+            try:
+                async with asyncio.timeout(self._start_timeout):
+                    self._script.sha = await self._client.script_load(SYNC_SCRIPT)
+            except _REDIS_ERRORS as exc:
+                self._degrade(exc)
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(self._pump()), loop.create_task(self._listen())]
+            self._started = True
+        finally:
+            self._starting.set()
+
+    async def aclose(self) -> None:
+        """Stop the tasks, give every seat back and leave; waiters are answered
+        ``SYSTEM_OVERLOAD``. Call it once the server has drained: requests still running
+        lose their leases (the process is about to end, and their seats must not wait a
+        lease lifetime to come back)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._mode == "global":
+            self._give_up_leases()
+        self._mode = "closed"
+        self._move_waiters()
+        tasks = [*self._tasks, *self._inline]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        client = self._client
+        if client is None:
+            return
+        self._give_up_leases()
+        release, self._limbo = self._limbo, []
+        planned = self._sync_args([0] * 4, [0] * 4, release, [], leaving=True)
+        with contextlib.suppress(*_REDIS_ERRORS):
+            async with asyncio.timeout(self._start_timeout):
+                await self._script(keys=self.keys, args=planned.args)
+        with contextlib.suppress(*_REDIS_ERRORS):
+            await client.aclose()
+
+    async def __aenter__(self) -> RedisBackend:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # -- the local queue (the in-process scheduler's rules, per instance) ------------------
+
+    def _enqueue(self, lane: Priority) -> _Waiter:
+        now = self._clock.now()
+        if self.discipline.overloaded(lane, now):
+            self._shed_stale(lane, now)
+        limit = self._queue_limits[lane]
+        if limit is not None and self._queued[lane] >= limit:
+            self._reject_arrival(lane, RejectReason.QUEUE_FULL)
+        overload = self._in_flight() + self._queued_total >= self._reject_threshold
+        full = self._queued_total >= self._queue_capacity
+        if (full or overload) and not self._displace_below(lane):
+            self._reject_arrival(
+                lane, RejectReason.QUEUE_FULL if full else RejectReason.SYSTEM_OVERLOAD
+            )
+        waiter = _Waiter(lane, now)
+        self._queues[lane].append(waiter)
+        if not self._queued[lane]:
+            self.discipline.queue_started(lane, now)
+        self._queued[lane] += 1
+        self._queued_total += 1
+        if self._queued[lane] == 1:
+            self._refresh_blocked()
+        return waiter
+
+    def _reject_arrival(self, lane: Priority, reason: RejectReason) -> None:
+        self.record_rejection(lane, reason)
+        raise _REJECTIONS[reason]()
+
+    def _dequeued(self, lane: Priority, served: bool = False) -> None:
+        self._queued_total -= 1
+        self._queued[lane] -= 1
+        if not self._queued[lane]:
+            self.discipline.queue_emptied(lane, self._clock.now(), served)
+            self._refresh_blocked()
+            if self._registered[lane]:
+                self._wake.set()  # take our waiters out of the registry
+
+    def _turn_away(self, waiter: _Waiter, reason: RejectReason) -> None:
+        self._dequeued(waiter.lane)
+        waiter.state = _GONE
+        waiter.reason = reason
+        self.record_rejection(waiter.lane, reason)
+        waiter.event.set()
+
+    def _pop(self, lane: Priority, newest: bool) -> _Waiter:
+        queue = self._queues[lane]
+        waiter = queue.pop() if newest else queue.popleft()
+        while waiter.state != _WAITING:
+            self._dead[lane] -= 1
+            waiter = queue.pop() if newest else queue.popleft()
+        return waiter
+
+    def _displace_below(self, lane: Priority) -> bool:
+        for victim in reversed(_LANES[lane + 1 :]):
+            if self._queued[victim]:
+                self._turn_away(self._pop(victim, newest=True), RejectReason.QUEUE_FULL)
+                return True
+        return False
+
+    def _shed_stale(self, lane: Priority, now: float) -> None:
+        oldest_allowed = now - self.discipline.target(lane)
+        queue = self._queues[lane]
+        while self._queued[lane]:
+            head = queue[0]
+            if head.state != _WAITING:
+                queue.popleft()
+                self._dead[lane] -= 1
+            elif head.enqueued < oldest_allowed:
+                queue.popleft()
+                self._turn_away(head, RejectReason.QUEUE_TIMEOUT)
+            else:
+                return
+
+    def _remove(self, waiter: _Waiter) -> None:
+        lane = waiter.lane
+        waiter.state = _GONE
+        self._dequeued(lane)
+        queue = self._queues[lane]
+        if queue[0] is waiter:
+            queue.popleft()
+        elif queue[-1] is waiter:
+            queue.pop()
+        else:
+            self._dead[lane] += 1
+            if self._dead[lane] > 32 and self._dead[lane] > self._queued[lane]:
+                self._queues[lane] = deque(w for w in queue if w.state == _WAITING)
+                self._dead[lane] = 0
+
+    def _oldest(self, lane: int) -> float | None:
+        """When the oldest live waiter of ``lane`` arrived, or None."""
+        if not self._queued[lane]:
+            return None
+        for waiter in self._queues[lane]:
+            if waiter.state == _WAITING:
+                return waiter.enqueued
+        return None  # pragma: no cover - queued > 0 means a live waiter exists
+
+    def _move_waiters(self) -> None:
+        """Send every waiter back to ``acquire`` to wait in the new mode."""
+        for lane in _LANES:
+            while self._queued[lane]:
+                waiter = self._pop(lane, newest=False)
+                self._dequeued(lane)
+                waiter.state = _MOVED
+                waiter.event.set()
+        for scope in list(self._moving):
+            scope.cancel()
+
+    # -- the leased pool --------------------------------------------------------------------
+
+    def _in_flight(self) -> int:
+        return sum(len(b) for b in self._busy) + sum(self._debt)
+
+    def _share(self) -> int:
+        """Seats this instance's queue drains at, for predictions."""
+        instances = self.expected_instances or max(1, self.instances_seen)
+        return max(1, sum(self.leased), math.ceil(self._limit / instances))
+
+    def _unleased(self, lane: Priority) -> Permit:
+        """A permit without a lease (mode ``"open"``)."""
+        self._debt[lane] += 1
+        self._admitted[lane] += 1
+        return Permit(self, lane)
+
+    def _free_seat(self, lane: Priority) -> None:
+        """A request of ``lane`` finished: its seat goes to a waiter, the pool or Redis."""
+        if self._debt[lane]:
+            self._debt[lane] -= 1
+            shadows = self._shadows[lane]
+            if shadows:
+                shadows.pop().release()
+            return
+        busy = self._busy[lane]
+        if not busy:  # pragma: no cover - every permit is counted in busy or debt
+            return
+        idle = self._idle[lane]
+        idle.append(busy.pop())
+        if self._queued[lane] and not self._yield[lane]:
+            self._serve(lane)
+        if idle and (self._yield[lane] or self._hold_none):
+            self._give_back(lane)
+
+    def _serve(self, lane: Priority) -> None:
+        """Hand idle seats of ``lane`` to its waiters (newest first in an overloaded lane)."""
+        idle, busy = self._idle[lane], self._busy[lane]
+        now = self._clock.now()
+        while idle and self._queued[lane]:
+            overloaded = self.discipline.overloaded(lane, now)
+            if overloaded:
+                self._shed_stale(lane, now)
+                if not self._queued[lane]:
+                    break
+            waiter = self._pop(lane, newest=overloaded)
+            self._dequeued(lane, served=True)
+            busy.append(idle.pop())
+            self._admitted[lane] += 1
+            waited = now - waiter.enqueued
+            self._wait_sum += waited
+            waiter.permit = Permit(self, lane, waited, now, self._in_flight())
+            waiter.state = _GRANTED
+            waiter.event.set()
+
+    def _give_back(self, lane: int) -> None:
+        """Every idle seat of ``lane`` goes back to Redis."""
+        idle = self._idle[lane]
+        items = [f"{lane}|{seat}" for seat in idle]
+        idle.clear()
+        self._low_water[lane] = 0
+        if self._fastpath:
+            self._returns.extend(items)
+            self._wake.set()
+        else:
+            for item in items:
+                self._spawn(self._return_inline(item))
+
+    def _cover(self, lane: int) -> None:
+        """Idle seats first cover requests running without a lease."""
+        idle, debt = self._idle[lane], self._debt
+        while debt[lane] and idle:
+            self._busy[lane].append(idle.pop())
+            debt[lane] -= 1
+
+    def _refresh_blocked(self) -> None:
+        """Recompute which lanes yield to other instances and which may use the pool."""
+        others = self._others
+        waiting_above = False
+        for lane in _LANES:
+            ahead = False
+            if others:
+                oldest = self._oldest(lane)
+                for other_lane, since, _, eligible in others:
+                    if (eligible and other_lane < lane) or (
+                        other_lane == lane and (oldest is None or since < oldest)
+                    ):
+                        ahead = True
+                        break
+            if self._queued[lane]:
+                waiting_above = True
+            self._yield[lane] = ahead
+            self._blocked[lane] = ahead or waiting_above
+
+    def _give_up_leases(self) -> None:
+        """Forget every lease (to be given back when Redis answers); holders become debt."""
+        for lane in _LANES:
+            idle, busy = self._idle[lane], self._busy[lane]
+            self._limbo.extend(f"{lane}|{seat}" for seat in (*idle, *busy))
+            self._debt[lane] += len(busy)
+            idle.clear()
+            busy.clear()
+        self._limbo.extend(self._returns)
+        self._returns.clear()
+
+    # -- talking to Redis -------------------------------------------------------------------
+
+    def _sync_args(
+        self,
+        want: list[int],
+        need: list[int],
+        release: list[str],
+        renew: list[str],
+        leaving: bool = False,
+        ages: list[int] | None = None,
+    ) -> _Planned:
+        seq = self._seq
+        wanted = sum(want)
+        self._seq += wanted
+        args = [
+            *self._static_args, str(seq), self.channel, "1" if leaving else "0",
+            *self._lane_args,
+            *map(str, want), *map(str, need), *map(str, ages or [0, 0, 0, 0]),
+            str(len(release)), *release, str(len(renew)), *renew,
+        ]  # fmt: skip
+        return _Planned(seq, args, wanted, release)
+
+    async def _call(self, planned: _Planned) -> list[Any]:
+        """Run the script, at most ``command_timeout``. On failure (or cancellation) the
+        seats it may have leased and those it was to give back go to limbo, to be given back
+        by a later call, and the exception propagates."""
+        self.counters["calls"] += 1
+        try:
+            async with asyncio.timeout(self.command_timeout):
+                result: list[Any] = await self._script(keys=self.keys, args=planned.args)
+        except BaseException:
+            seq, prefix = planned.seq, self.instance_id
+            self._limbo.extend(f"*|{prefix}:{n}" for n in range(seq, seq + planned.wanted))
+            self._limbo.extend(planned.release)
+            raise
+        return result
+
+    def _plan(self, renew: bool) -> _Planned | None:
+        """What the next call sends: seats to give back, to renew, and wanted per lane."""
+        release = self._limbo + self._returns
+        self._limbo, self._returns = [], []
+        # Seats other instances wait for: any free seat serves an eligible waiter; a lane at
+        # its Max is served only by a seat of its own lane.
+        owed_any = 0
+        owed_lane = [0, 0, 0, 0]
+        for other_lane, _, other_want, eligible in self._others:
+            if eligible:
+                owed_any += other_want
+            else:
+                owed_lane[other_lane] += other_want
+        eligible_waiting = any(eligible for *_, eligible in self._others)
+        waiting = [bool(self._queued[lane] or self._debt[lane]) for lane in _LANES]
+        want, need, ages = [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]
+        now = self._clock.now()
+        for lane in reversed(_LANES):  # idle seats go back from the lowest lane up
+            idle = self._idle[lane]
+            if any(waiting) and not waiting[lane]:
+                give = len(idle)  # our own waiters of another lane need the room
+            else:
+                give = min(owed_lane[lane] + owed_any, len(idle))
+                owed_any -= max(0, give - owed_lane[lane])
+            if give:
+                release.extend(f"{lane}|{idle.pop()}" for _ in range(give))
+                self._low_water[lane] = min(self._low_water[lane], len(idle))
+            need[lane] = self._queued[lane] + self._debt[lane]
+            contended = eligible_waiting or owed_lane[lane] > 0  # no prefetch ahead of them
+            prefetch = (self._prefetch[lane] or need[lane]) and not contended
+            want[lane] = need[lane] + (self._block if prefetch and not self._hold_none else 0)
+            self._prefetch[lane] = False
+            if self._debt[lane]:
+                ages[lane] = _DEBT_AGE_MS
+            elif need[lane]:
+                oldest = self._oldest(lane)
+                ages[lane] = 0 if oldest is None else max(0, round((now - oldest) * 1000))
+        renewals: list[str] = []
+        if renew:
+            for lane in _LANES:
+                renewals.extend(f"{lane}|{seat}" for seat in self._idle[lane])
+                renewals.extend(f"{lane}|{seat}" for seat in self._busy[lane])
+        if not (release or renewals or any(want) or any(self._registered)):
+            return None
+        return self._sync_args(want, need, release, renewals, ages=ages)
+
+    def _apply(self, seq: int, result: list[Any]) -> None:
+        """Take in a script's answer: granted seats, lost leases, the waiter registry."""
+        granted = [int(n) for n in result[:4]]
+        for item in result[4]:
+            self._lose(int(item[0]), item[2:])
+        self._read_registry(str(result[5]))
+        self.instances_seen = int(result[7])
+        self.leased_globally = int(result[8])
+        for lane in _LANES:
+            seats = [f"{self.instance_id}:{n}" for n in range(seq, seq + granted[lane])]
+            seq += granted[lane]
+            if not seats:
+                continue
+            self._idle[lane].extend(seats)
+            self._cover(lane)
+            self._serve(lane)
+            if self._idle[lane] and (self._yield[lane] or self._hold_none):
+                self._give_back(lane)
+        unmet = any(self._queued) or any(self._debt)
+        nearest = int(result[6])
+        loop = asyncio.get_running_loop()
+        if unmet and nearest >= 0:
+            self._backstop = loop.time() + nearest / 1000.0 + 0.002
+        else:
+            self._backstop = math.inf
+
+    def _lose(self, lane: int, seat: str) -> None:
+        """A lease expired before we renewed it: its request (if any) now runs unleased."""
+        self.counters["lost_leases"] += 1
+        with contextlib.suppress(ValueError):
+            self._idle[lane].remove(seat)
+            return
+        with contextlib.suppress(ValueError):
+            self._busy[lane].remove(seat)
+            self._debt[lane] += 1
+
+    def _read_registry(self, registry: str) -> None:
+        """Take in the waiters of every instance (``who|lane|age_ms|want|eligible;...``).
+
+        A waiter of a lane at its Max (not ``eligible``) is served only by a seat of its own
+        lane: giving other seats back for it would only cost us our pool.
+        """
+        now = self._clock.now()
+        others: list[tuple[int, float, int, bool]] = []
+        registered = [False, False, False, False]
+        for entry in registry.split(";") if registry else ():
+            who, lane, age, want, eligible = entry.split("|")
+            if who == self.instance_id:
+                registered[int(lane)] = True
+            else:
+                others.append((int(lane), now - int(age) / 1000.0, int(want), eligible == "1"))
+        self._registered = registered
+        self._others = others
+        self._refresh_blocked()
+
+    def _on_message(self, data: str) -> None:
+        self.counters["messages"] += 1
+        sender, _, registry = data.partition("#")
+        if sender == self.instance_id or self._mode != "global":
+            return
+        self._read_registry(registry)
+        if any(self._queued) or any(self._debt) or (self._others and any(self._idle)):
+            self._wake.set()
+
+    async def _lease_inline(self, lane: Priority) -> Permit | None:
+        """``fastpath=False``: lease one seat for this request with its own script call."""
+        want = [0, 0, 0, 0]
+        want[lane] = 1
+        planned = self._sync_args(want, [0, 0, 0, 0], [], [])
+        try:
+            result = await self._call(planned)
+        except _REDIS_ERRORS as exc:
+            self._degrade(exc)
+            return None
+        except BaseException:
+            self._wake.set()  # give the seat back soon (it is in limbo)
+            raise
+        seat = f"{self.instance_id}:{planned.seq}"
+        if not int(result[lane]):
+            self._read_registry(str(result[5]))
+            return None
+        if self._mode != "global":
+            self._limbo.append(f"{lane}|{seat}")
+            return None
+        self._busy[lane].append(seat)
+        self._admitted[lane] += 1
+        return Permit(self, lane, 0.0, self._clock.now(), self._in_flight())
+
+    async def _return_inline(self, item: str) -> None:
+        """``fastpath=False``: give one seat back with its own script call."""
+        try:
+            await self._call(self._sync_args([0, 0, 0, 0], [0, 0, 0, 0], [item], []))
+        except _REDIS_ERRORS as exc:
+            self._degrade(exc)
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._inline.add(task)
+        task.add_done_callback(self._inline.discard)
+
+    # -- background tasks -------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        """The instance's one conversation with Redis: leases, returns, renewals, probes."""
+        loop = asyncio.get_running_loop()
+        next_beat = loop.time() + self.heartbeat
+        next_window = loop.time() + (self._linger or math.inf)
+        while True:
+            wake_at = min(next_beat, next_window, self._backstop)
+            if self._mode != "global":
+                wake_at = min(wake_at, self._next_probe)
+            if not self._wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(wake_at):
+                        await self._wake.wait()
+            self._wake.clear()
+            now = loop.time()
+            beat = now >= next_beat
+            if beat:
+                next_beat = now + self.heartbeat
+            if now >= next_window:
+                next_window = now + self._linger
+                self._close_window()
+            if now >= self._backstop:
+                self._backstop = math.inf
+            try:
+                if self._mode == "global":
+                    await self._exchange(renew=beat)
+                elif now >= self._next_probe and self._mode != "closed":
+                    await self._probe()
+            except Exception as exc:  # a bug must not stop the heartbeat: degrade, go on
+                logger.exception("lockgate %r: error in the Redis task", self.name)
+                self._degrade(exc)
+
+    async def _exchange(self, renew: bool) -> None:
+        planned = self._plan(renew)
+        if planned is None:
+            return
+        try:
+            result = await self._call(planned)
+        except _REDIS_ERRORS as exc:
+            self._degrade(exc)
+            return
+        if self._mode == "global":
+            self._apply(planned.seq, result)
+
+    def _close_window(self) -> None:
+        """Seats idle through the whole window go back to Redis."""
+        for lane in _LANES:
+            idle = self._idle[lane]
+            surplus = min(self._low_water[lane], len(idle))
+            if surplus > 0:
+                self._returns.extend(f"{lane}|{idle.pop()}" for _ in range(surplus))
+            self._low_water[lane] = len(idle)
+
+    async def _probe(self) -> None:
+        """In a fallback mode: does Redis answer again? Give back what we could not."""
+        if self._script is None:  # pragma: no cover - start() sets it
+            return
+        planned = self._sync_args([0, 0, 0, 0], [0, 0, 0, 0], self._limbo, [])
+        self._limbo = []
+        try:
+            result = await self._call(planned)
+        except _REDIS_ERRORS:
+            self.counters["redis_errors"] += 1
+            self._probe_delay = min(2 * self._probe_delay, self.heartbeat)
+            self._next_probe = asyncio.get_running_loop().time() + self._probe_delay
+            return
+        self._recover()
+        self._apply(planned.seq, result)
+
+    def _degrade(self, exc: BaseException) -> None:
+        """Redis failed: switch to the fallback mode now."""
+        self.counters["redis_errors"] += 1
+        if self._mode != "global" or self._closed:
+            return
+        self.counters["mode_switches"] += 1
+        # Probe soon, then less and less often (up to once a heartbeat): a timeout caused by
+        # a moment of event-loop lag costs ~50 ms of fallback, an outage a probe a heartbeat.
+        self._probe_delay = min(_FIRST_PROBE, self.heartbeat)
+        self._next_probe = asyncio.get_running_loop().time() + self._probe_delay
+        self._wake.set()
+        logger.warning(
+            "Redis %s failed (%r): lockgate %r switches to %r mode",
+            self.url, exc, self.name, self.on_redis_error,
+        )  # fmt: skip
+        self._give_up_leases()
+        self._others = []
+        self._registered = [False, False, False, False]
+        self._backstop = math.inf
+        mode = self.on_redis_error
+        for lane in _LANES:  # fallback requests still running are the fallback's own
+            self._debt[lane] -= self._carried[lane]
+            self._carried[lane] = 0
+        if mode == "local":
+            instances = self.expected_instances or max(1, self.instances_seen)
+            self._local.set_limit(math.ceil(self._limit / instances))
+            for lane in _LANES:  # our requests in flight count against the fallback
+                for _ in range(self._debt[lane]):
+                    shadow = self._local.try_acquire(lane)
+                    if shadow is None:
+                        break
+                    self._shadows[lane].append(shadow)
+                    self._shadows_taken[lane] += 1
+        self._mode = mode
+        self._refresh_blocked()
+        self._move_waiters()
+
+    def _recover(self) -> None:
+        """Redis answers again: back to global seats, leasing first for requests in flight."""
+        if self._mode == "global" or self._closed:
+            return
+        self.counters["mode_switches"] += 1
+        logger.warning("Redis %s answers again: lockgate %r is global again", self.url, self.name)
+        for lane in _LANES:
+            for shadow in self._shadows[lane]:
+                shadow.release()
+            self._shadows[lane].clear()
+        for lane, fallback in zip(_LANES, self._local.stats().lanes, strict=True):
+            self._carried[lane] = fallback.active
+            self._debt[lane] += fallback.active
+        self._mode = "global"
+        self._refresh_blocked()
+        self._move_waiters()
+        self._wake.set()
+
+    def _fallback_released(self, lane: Priority) -> None:
+        """A fallback request finished; in global mode it ran on (or owed) a global seat."""
+        if self._mode == "global" and self._carried[lane]:
+            self._carried[lane] -= 1
+            self._free_seat(lane)
+
+    async def _acquire_degraded(
+        self, lane: Priority, deadline: float, budget: float | None
+    ) -> Permit | None:
+        """Wait in the fallback mode; ``None`` when the mode changed meanwhile."""
+        mode = self._mode
+        if mode == "open":
+            return self._unleased(lane)
+        if mode == "closed":
+            self._reject_arrival(lane, RejectReason.SYSTEM_OVERLOAD)
+        scope = anyio.CancelScope()
+        self._moving.add(scope)
+        try:
+            with scope:
+                left = max(0.0, deadline - self._clock.now())
+                return await self._local.acquire(lane, left, budget=budget)
+        finally:
+            self._moving.discard(scope)
+        return None
+
+    async def _listen(self) -> None:
+        """The process's one subscription: wake-ups and the waiter registry of others."""
+        assert self._client is not None
+        while True:
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                async with asyncio.timeout(self._start_timeout):
+                    await pubsub.subscribe(self.channel)
+                self._wake.set()  # we may have missed messages while not subscribed
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        self._on_message(str(message["data"]))
+            except _REDIS_ERRORS:
+                pass
+            finally:
+                with contextlib.suppress(*_REDIS_ERRORS):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(self.heartbeat)
+
+    def __repr__(self) -> str:
+        return (
+            f"<RedisBackend {self.name!r} mode={self._mode} limit={self._limit} "
+            f"leased={sum(self.leased)} queued={self._queued_total}>"
+        )

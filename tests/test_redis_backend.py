@@ -1,0 +1,793 @@
+"""RedisBackend against a real Redis: the scheduler's semantics across instances.
+
+Every test gets its own limit (a unique name under the ``lockgate-test`` key prefix) and ends
+with zero keys left under it. Several backends in one test are several instances sharing
+one limit; they run on the test's loop, which makes the interleavings reproducible. Waits
+are bounded polls; the assertions on time are loose bounds (a wake-up by pub/sub takes
+milliseconds, the timer backstop seconds), never measurements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+import redis
+from redis.crc import key_slot
+
+from lockgate import (
+    DeadlineUnreachable,
+    Gate,
+    GateSettings,
+    LanesSettings,
+    Permit,
+    Priority,
+    QueueFull,
+    QueueTimeout,
+    Rejected,
+    SystemOverload,
+)
+from lockgate._types import Receive, Scope, Send
+from lockgate.backends import Backend
+from lockgate.backends.redis import SYNC_SCRIPT, RedisBackend
+from tests._redis import (
+    KEY_PREFIX,
+    OPEN_LANES,
+    REDIS_URL,
+    await_for,
+    free_port,
+    keys_of,
+    live_leases,
+    require_redis,
+    seat_keys,
+    sync_client,
+    tag,
+    unique_name,
+)
+
+pytestmark = [pytest.mark.redis, pytest.mark.anyio]
+
+CRITICAL, HIGH, NORMAL, LOW = Priority.CRITICAL, Priority.HIGH, Priority.NORMAL, Priority.LOW
+# Only critical has a nominal share and lends all of it: every other lane borrows, so who is
+# served first is decided by priority (and age) alone.
+PRIORITY_ONLY = {
+    "critical": {"share": 1.0, "lendable": 1.0, "borrow_limit": None},
+    **{lane: {"share": 0.0, "lendable": 1.0, "borrow_limit": None}
+       for lane in ("high", "normal", "low")},
+}  # fmt: skip
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # redis-py's client is asyncio only
+
+
+def settings(limit: int, lanes: dict[str, Any] | None = None, **kw: Any) -> GateSettings:
+    kw.setdefault("queue_capacity", 50)
+    kw.setdefault("wait_timeout", 5.0)
+    kw.setdefault("target_wait", None)
+    return GateSettings(
+        max_concurrent=limit,
+        lanes=LanesSettings.model_validate(lanes if lanes is not None else OPEN_LANES),
+        **kw,
+    )
+
+
+class Instances:
+    """Backends sharing one limit (one name); all closed, and their keys checked, at the end."""
+
+    def __init__(self, url: str = REDIS_URL) -> None:
+        self.url = url
+        self.name = unique_name()
+        self.backends: list[RedisBackend] = []
+
+    async def make(self, settings: GateSettings | None = None, **kw: Any) -> RedisBackend:
+        kw.setdefault("lease_ttl", 3.0)
+        kw.setdefault("key_prefix", KEY_PREFIX)
+        kw.setdefault("command_timeout", 0.25)  # a busy test machine is not a Redis outage
+        backend = RedisBackend(self.url, self.name, settings=settings, **kw)
+        await backend.start()
+        self.backends.append(backend)
+        return backend
+
+    def live(self, client: redis.Redis) -> list[int]:
+        return live_leases(client, self.name)
+
+
+@pytest.fixture
+def rc() -> Any:
+    require_redis()
+    with sync_client() as client:
+        yield client
+
+
+@pytest.fixture
+async def inst(rc: redis.Redis) -> AsyncIterator[Instances]:
+    instances = Instances()
+    yield instances
+    for backend in instances.backends:
+        await backend.aclose()
+    left = keys_of(rc, instances.name)
+    if left:
+        rc.delete(*left)
+    assert left == [], f"keys left behind: {left}"
+
+
+class Waiter:
+    """A request waiting in ``acquire`` in its own task and cancel scope."""
+
+    def __init__(self, backend: RedisBackend, lane: Priority, timeout: float | None = None):
+        self.backend, self.lane, self.timeout = backend, lane, timeout
+        self.scope = anyio.CancelScope()
+        self.permit: Permit | None = None
+        self.error: Rejected | None = None
+        self.done = anyio.Event()
+
+    async def run(self) -> None:
+        try:
+            with self.scope:
+                self.permit = await self.backend.acquire(self.lane, self.timeout)
+        except Rejected as exc:
+            self.error = exc
+        finally:
+            self.done.set()
+
+
+async def arrive(
+    tg: Any,
+    backend: RedisBackend,
+    lane: Priority,
+    timeout: float | None = None,  # noqa: ASYNC109 - the request's queue budget
+) -> Waiter:
+    """Start a request and return once it is admitted, rejected or queued."""
+    waiter = Waiter(backend, lane, timeout)
+    queued = backend.stats().lanes[lane].queued
+    tg.start_soon(waiter.run)
+    await await_for(
+        lambda: waiter.done.is_set() or backend.stats().lanes[lane].queued > queued,
+        2.0, "the request to settle",
+    )  # fmt: skip
+    return waiter
+
+
+async def hold(backend: RedisBackend, lane: Priority, count: int) -> list[Permit]:
+    return [await backend.acquire(lane, 2.0) for _ in range(count)]
+
+
+def release(permits: Sequence[Permit | None]) -> None:
+    for permit in permits:
+        if permit is not None:
+            permit.release()
+
+
+# -- the shape of things --------------------------------------------------------------------
+
+
+def test_every_key_hashes_to_one_cluster_slot() -> None:
+    """Redis Cluster: all the script's keys (and the channel) share one slot, else CROSSSLOT."""
+    backend = RedisBackend(name="orders", key_prefix="shop")
+    assert backend.keys == (
+        "{shop:orders}:seats:0", "{shop:orders}:seats:1", "{shop:orders}:seats:2",
+        "{shop:orders}:seats:3", "{shop:orders}:wait", "{shop:orders}:instances",
+    )  # fmt: skip
+    slots = {key_slot(key.encode()) for key in (*backend.keys, backend.channel)}
+    assert slots == {key_slot(b"shop:orders")}
+
+
+def test_the_script_touches_only_its_declared_keys() -> None:
+    """Every key the Lua script names is one of KEYS[1..6]: no key is built inside it."""
+    import re
+
+    calls = re.findall(r"redis\.call\('(\w+)', ([^,)]+)", SYNC_SCRIPT)
+    assert calls
+    for command, first in calls:
+        if command in ("TIME", "PUBLISH"):
+            continue
+        assert re.match(r"KEYS\[|(WAIT|INSTANCES|key)$", first), (command, first)
+
+
+def test_it_is_a_backend() -> None:
+    assert isinstance(RedisBackend(), Backend)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"settings": GateSettings(limit="aimd")}, r"^RedisBackend supports only a fixed limit"),
+        ({"lease_ttl": 0}, r"^lease_ttl must be > 0.01 seconds$"),
+        ({"lease_ttl": 1, "heartbeat": 1}, r"^heartbeat must be > 0 and < lease_ttl$"),
+        ({"command_timeout": 0}, r"^command_timeout and start_timeout must be > 0$"),
+        ({"on_redis_error": "panic"}, r"^on_redis_error must be 'local', 'open' or 'closed'$"),
+        ({"expected_instances": 0}, r"^expected_instances must be >= 1$"),
+        ({"block": 0}, r"^block must be >= 1$"),
+        ({"pool_size": 1}, r"^pool_size must be >= 2$"),
+        ({"linger": -1}, r"^linger must be >= 0$"),
+        ({"name": "a}b"}, r"^name and key_prefix must be non-empty and contain no braces$"),
+    ],
+)
+def test_invalid_arguments_are_refused(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RedisBackend(**kwargs)
+
+
+# -- the fast path --------------------------------------------------------------------------
+
+
+async def test_seats_are_leased_in_blocks_and_admitted_without_a_round_trip(
+    inst: Instances, rc: redis.Redis
+) -> None:
+    backend = await inst.make(settings(20), block=4)
+    first = await backend.acquire(NORMAL)
+    assert backend.leased == (0, 0, 5, 0)  # the one needed and a block of 4
+    assert inst.live(rc) == [0, 0, 5, 0]
+    calls = backend.counters["calls"]
+    more = [backend.try_acquire(NORMAL) for _ in range(4)]
+    assert all(more)
+    assert backend.counters["calls"] == calls  # all local, synchronous
+    assert backend.try_acquire(NORMAL) is None  # the pool ran dry: the next block is coming
+    await await_for(lambda: backend.leased[NORMAL] == 9, 2.0, "the next block")
+    release([first, *(p for p in more if p)])
+    for permit in [backend.try_acquire(NORMAL) for _ in range(9)]:
+        assert permit is not None
+        permit.release()
+
+
+async def test_one_round_trip_per_request_variant(inst: Instances, rc: redis.Redis) -> None:
+    """``fastpath=False``: no pool; one script call to lease, one to give back."""
+    backend = await inst.make(settings(4), fastpath=False)
+    calls = backend.counters["calls"]
+    permit = await backend.acquire(NORMAL)
+    assert backend.counters["calls"] == calls + 1
+    assert inst.live(rc) == [0, 0, 1, 0]
+    assert backend.try_acquire(NORMAL) is None  # no pool to admit from
+    permit.release()
+    await await_for(lambda: backend.counters["calls"] == calls + 2, 2.0, "the release call")
+    await await_for(lambda: sum(inst.live(rc)) == 0, 2.0, "the seat back in Redis")
+
+
+async def test_idle_seats_go_back_after_a_linger_window(inst: Instances, rc: redis.Redis) -> None:
+    backend = await inst.make(settings(10), block=3, linger=0.1)
+    release([await backend.acquire(NORMAL)])
+    assert backend.leased == (0, 0, 4, 0)
+    await await_for(lambda: backend.leased == (0, 0, 0, 0), 2.0, "idle seats to go back")
+    await await_for(lambda: sum(inst.live(rc)) == 0, 2.0, "Redis to have them")
+
+
+async def test_seats_in_use_stay_leased_through_the_window(inst: Instances) -> None:
+    backend = await inst.make(settings(10), block=2, linger=0.05)
+    permits = await hold(backend, NORMAL, 3)
+    await anyio.sleep(0.3)  # several windows
+    assert backend.leased[NORMAL] == 3
+    release(permits)
+
+
+# -- I1-I3 across instances -----------------------------------------------------------------
+
+
+async def test_instances_never_lease_more_than_the_limit_together(
+    inst: Instances, rc: redis.Redis
+) -> None:
+    backends = [await inst.make(settings(6), block=4) for _ in range(3)]
+    held: list[Permit] = []
+    admitted = 0
+    most = 0
+
+    async def want(backend: RedisBackend, n: int) -> None:
+        nonlocal admitted
+        for _ in range(n):
+            held.append(await backend.acquire(NORMAL, 5.0))
+            admitted += 1
+
+    def sample() -> None:
+        nonlocal most
+        most = max(most, sum(sum(b.leased) for b in backends), sum(inst.live(rc)))
+
+    async with anyio.create_task_group() as tg:
+        for backend in backends:
+            tg.start_soon(want, backend, 4)
+        while admitted < 6:
+            sample()
+            await anyio.sleep(0.005)
+        assert sum(sum(b.leased) for b in backends) == 6
+        assert sum(inst.live(rc)) == 6
+        await anyio.sleep(0.1)
+        assert admitted == 6  # the other 6 wait
+        while admitted < 12:  # each released seat goes to a waiter, somewhere
+            if held:
+                held.pop(0).release()
+            await anyio.sleep(0.02)
+            sample()
+    assert most <= 6
+    release(held)
+
+
+async def test_critical_guaranteed_seats_are_never_leased_to_another_lane(
+    inst: Instances, rc: redis.Redis
+) -> None:
+    """Default lanes, C = 10: critical's guaranteed seat stays free for critical, anywhere."""
+    a = await inst.make(settings(10, lanes={}), block=8)
+    b = await inst.make(settings(10, lanes={}))
+    assert [s.guaranteed for s in a.seats] == [1, 0, 0, 0]
+    permits = await hold(a, NORMAL, 9)
+    async with anyio.create_task_group() as tg:
+        tenth = await arrive(tg, a, NORMAL)
+        assert tenth.permit is None and a.stats().queued == 1
+        assert inst.live(rc) == [0, 0, 9, 0]
+        with anyio.fail_after(1.0):
+            critical = await b.acquire(CRITICAL)  # at once, though normal waits elsewhere
+        assert inst.live(rc) == [1, 0, 9, 0]
+        critical.release()
+        release(permits)
+        await tenth.done.wait()
+        assert tenth.permit is not None
+        tenth.permit.release()
+
+
+async def test_a_lane_never_exceeds_its_max_across_instances(
+    inst: Instances, rc: redis.Redis
+) -> None:
+    """Default lanes, C = 20: low has 2 nominal seats and may borrow up to 6 in all."""
+    a = await inst.make(settings(20, lanes={}), block=4)
+    b = await inst.make(settings(20, lanes={}), block=4)
+    assert a.seats[LOW].max == 6
+    async with anyio.create_task_group() as tg:
+        waiters = [await arrive(tg, x, LOW, 0.3) for x in (a, b) for _ in range(5)]
+        await anyio.sleep(0.1)
+        assert inst.live(rc)[LOW] == 6
+        assert a.leased[LOW] + b.leased[LOW] == 6
+        normal = await b.acquire(NORMAL, 1.0)  # the other lanes are not held back by low
+        normal.release()
+    admitted = [w.permit for w in waiters if w.permit is not None]
+    assert len(admitted) == 6
+    assert {type(w.error) for w in waiters if w.permit is None} == {QueueTimeout}
+    release(admitted)
+
+
+# -- waiting across instances ---------------------------------------------------------------
+
+
+async def test_a_waiter_elsewhere_is_woken_by_pubsub_not_by_polling(inst: Instances) -> None:
+    """A heartbeat of 3.3 s and no polling: only the pub/sub message can wake B quickly."""
+    a = await inst.make(settings(2), lease_ttl=10.0)
+    b = await inst.make(settings(2), lease_ttl=10.0)
+    permits = await hold(a, NORMAL, 2)
+    async with anyio.create_task_group() as tg:
+        waiter = await arrive(tg, b, NORMAL)
+        calls = b.counters["calls"]
+        await anyio.sleep(0.3)
+        assert b.counters["calls"] - calls <= 1  # waiting costs no calls
+        permits.pop().release()
+        with anyio.fail_after(0.5):
+            await waiter.done.wait()
+    assert waiter.permit is not None and b.leased[NORMAL] >= 1
+    release([waiter.permit, *permits])
+
+
+async def test_one_subscription_per_instance(inst: Instances, rc: redis.Redis) -> None:
+    a = await inst.make(settings(2))
+    await inst.make(settings(2))
+
+    def subscribers() -> int:
+        return int(dict(rc.pubsub_numsub(a.channel)).get(a.channel.encode(), 0))
+
+    await await_for(lambda: subscribers() == 2, 2.0, "both subscriptions")
+    permits = await hold(a, NORMAL, 2)
+    release(permits)
+    assert subscribers() == 2  # requests never subscribe
+
+
+async def test_returned_seats_go_to_the_highest_lane_waiting_anywhere(inst: Instances) -> None:
+    a = await inst.make(settings(2, PRIORITY_ONLY))
+    b = await inst.make(settings(2, PRIORITY_ONLY))
+    c = await inst.make(settings(2, PRIORITY_ONLY))
+    permits = await hold(a, NORMAL, 2)
+    async with anyio.create_task_group() as tg:
+        low = await arrive(tg, b, LOW)  # waited longer, but a lower lane
+        await anyio.sleep(0.05)
+        high = await arrive(tg, c, HIGH)
+        await anyio.sleep(0.05)
+        permits.pop().release()
+        with anyio.fail_after(1.0):
+            await high.done.wait()
+        await anyio.sleep(0.1)
+        assert not low.done.is_set()
+        permits.pop().release()
+        with anyio.fail_after(1.0):
+            await low.done.wait()
+    assert high.permit is not None and low.permit is not None
+    release([high.permit, low.permit])
+
+
+async def test_returned_seats_go_to_the_oldest_waiter_of_a_lane_anywhere(
+    inst: Instances,
+) -> None:
+    a = await inst.make(settings(2))
+    b = await inst.make(settings(2))
+    c = await inst.make(settings(2))
+    permits = await hold(a, NORMAL, 2)
+    async with anyio.create_task_group() as tg:
+        first = await arrive(tg, b, NORMAL)
+        await anyio.sleep(0.05)
+        second = await arrive(tg, c, NORMAL)
+        await anyio.sleep(0.05)
+        permits.pop().release()
+        with anyio.fail_after(1.0):
+            await first.done.wait()
+        await anyio.sleep(0.1)
+        assert not second.done.is_set()
+        permits.pop().release()
+        with anyio.fail_after(1.0):
+            await second.done.wait()
+    assert first.permit is not None and second.permit is not None
+    release([first.permit, second.permit])
+
+
+async def test_idle_seats_come_back_at_once_when_another_instance_waits_for_them(
+    inst: Instances,
+) -> None:
+    a = await inst.make(settings(4), block=3, linger=30.0)
+    b = await inst.make(settings(4))
+    release([await a.acquire(NORMAL)])
+    assert a.leased == (0, 0, 4, 0)  # all idle, and kept: the window is long
+    with anyio.fail_after(0.5):
+        permit = await b.acquire(NORMAL)
+    assert a.leased == (0, 0, 3, 0)  # a gave back what b waited for, and kept the rest
+    permit.release()
+
+
+async def test_a_waiter_of_a_lane_at_its_max_costs_other_instances_no_pool(
+    inst: Instances,
+) -> None:
+    """Low at its Max waits for a low seat: instances keep their idle normal seats (giving
+    them back would not serve it), and the next low seat released anywhere goes to it."""
+    a = await inst.make(settings(20, lanes={}), block=4, linger=30.0)
+    b = await inst.make(settings(20, lanes={}))
+    c = await inst.make(settings(20, lanes={}))
+    release([await a.acquire(NORMAL)])
+    assert a.leased == (0, 0, 5, 0)
+    lows = await hold(c, LOW, 6)  # low's Max
+    async with anyio.create_task_group() as tg:
+        waiter = await arrive(tg, b, LOW, 2.0)
+        await anyio.sleep(0.1)
+        assert a.leased == (0, 0, 5, 0)
+        permit = a.try_acquire(NORMAL)  # the fast path is not blocked for normal
+        assert permit is not None
+        permit.release()
+        lows.pop().release()
+        with anyio.fail_after(1.0):
+            await waiter.done.wait()
+    assert waiter.permit is not None
+    release([waiter.permit, *lows])
+
+
+async def test_a_waiter_that_timed_out_leaves_the_registry(
+    inst: Instances, rc: redis.Redis
+) -> None:
+    a = await inst.make(settings(1))
+    b = await inst.make(settings(1))
+    permits = await hold(a, NORMAL, 1)
+    with pytest.raises(QueueTimeout):
+        await b.acquire(NORMAL, 0.1)
+    await await_for(lambda: rc.hlen(f"{tag(inst.name)}:wait") == 0, 1.0, "the registry entry")
+    release(permits)
+
+
+# -- the scheduler's semantics over Redis ---------------------------------------------------
+
+
+async def test_release_hands_the_seat_to_the_waiter_not_to_a_newcomer(inst: Instances) -> None:
+    backend = await inst.make(settings(2), block=1)
+    permits = await hold(backend, NORMAL, 2)
+    async with anyio.create_task_group() as tg:
+        waiter = await arrive(tg, backend, NORMAL)
+        assert backend.try_acquire(NORMAL) is None
+        permits.pop().release()
+        assert backend.try_acquire(NORMAL) is None  # no barging
+        await waiter.done.wait()
+    assert waiter.permit is not None
+    assert backend.leased == (0, 0, 2, 0)  # handed over locally, no new lease
+    release([waiter.permit, *permits])
+
+
+async def test_fifo_within_a_lane(inst: Instances) -> None:
+    backend = await inst.make(settings(1))
+    permits = await hold(backend, NORMAL, 1)
+    order: list[int] = []
+    async with anyio.create_task_group() as tg:
+        waiters = [await arrive(tg, backend, NORMAL) for _ in range(3)]
+        for _ in range(3):
+            permits.pop().release()
+            await await_for(lambda: sum(w.done.is_set() for w in waiters) > len(order), 1.0, "")
+            done = next(i for i, w in enumerate(waiters) if w.done.is_set() and i not in order)
+            order.append(done)
+            permit = waiters[done].permit
+            assert permit is not None
+            permits.append(permit)
+    assert order == [0, 1, 2]
+    release(permits)
+
+
+async def test_cancelled_while_queued_takes_no_seat(inst: Instances) -> None:
+    backend = await inst.make(settings(1))
+    permits = await hold(backend, NORMAL, 1)
+    async with anyio.create_task_group() as tg:
+        waiter = await arrive(tg, backend, NORMAL)
+        waiter.scope.cancel()
+        await waiter.done.wait()
+        assert backend.stats().queued == 0
+        permits.pop().release()
+    assert waiter.permit is None
+    assert backend.stats().active == 0
+    permit = backend.try_acquire(NORMAL)
+    assert permit is not None
+    permit.release()
+
+
+async def test_granted_then_cancelled_passes_the_seat_on(inst: Instances) -> None:
+    """Granted and cancelled in the same instant: either the cancelled request never sees the
+    permit and passes the seat on, or (asyncio may resume it with the result) it owns the
+    permit and releases it on its way out. Either way the seat reaches the next waiter."""
+    backend = await inst.make(settings(1))
+    permits = await hold(backend, NORMAL, 1)
+    async with anyio.create_task_group() as tg:
+        first = await arrive(tg, backend, NORMAL)
+        second = await arrive(tg, backend, NORMAL)
+        permits.pop().release()  # granted to the first ...
+        first.scope.cancel()  # ... which is cancelled in the same instant
+        await first.done.wait()
+        if first.permit is not None:
+            first.permit.release()
+        with anyio.fail_after(1.0):
+            await second.done.wait()
+    assert second.permit is not None
+    assert backend.stats().active == 1
+    second.permit.release()
+
+
+async def test_queue_full_and_displacement_by_a_higher_lane(inst: Instances) -> None:
+    backend = await inst.make(settings(1, queue_capacity=1))
+    permits = await hold(backend, NORMAL, 1)
+    async with anyio.create_task_group() as tg:
+        low = await arrive(tg, backend, LOW)
+        with pytest.raises(QueueFull):
+            await backend.acquire(LOW)
+        high = await arrive(tg, backend, HIGH)  # displaces the low waiter
+        await low.done.wait()
+        assert isinstance(low.error, QueueFull)
+        permits.pop().release()
+        await high.done.wait()
+    assert high.permit is not None
+    stats = backend.stats()
+    assert stats.lanes[LOW].rejected == {"QUEUE_FULL": 2}
+    high.permit.release()
+
+
+async def test_system_overload_at_the_reject_threshold(inst: Instances) -> None:
+    backend = await inst.make(settings(1, reject_threshold=2))
+    permits = await hold(backend, NORMAL, 1)
+    async with anyio.create_task_group() as tg:
+        waiter = await arrive(tg, backend, NORMAL)
+        with pytest.raises(SystemOverload):
+            await backend.acquire(NORMAL)
+        permits.pop().release()
+        await waiter.done.wait()
+    assert waiter.permit is not None
+    waiter.permit.release()
+
+
+async def test_wait_timeout(inst: Instances) -> None:
+    backend = await inst.make(settings(1))
+    permits = await hold(backend, NORMAL, 1)
+    with anyio.fail_after(1.0), pytest.raises(QueueTimeout):
+        await backend.acquire(NORMAL, 0.1)
+    assert backend.stats().lanes[NORMAL].rejected == {"QUEUE_TIMEOUT": 1}
+    release(permits)
+
+
+async def test_a_deadline_that_cannot_be_met_is_refused_at_once(inst: Instances) -> None:
+    backend = await inst.make(settings(1))
+    permits = await hold(backend, NORMAL, 1)
+    with anyio.fail_after(0.5), pytest.raises(DeadlineUnreachable):
+        await backend.acquire(NORMAL, budget=0.1)  # no sample yet: a wait_timeout predicted
+    release(permits)
+
+
+async def test_stats_count_this_instance_under_the_global_seats(inst: Instances) -> None:
+    backend = await inst.make(settings(10, lanes={}))
+    permits = await hold(backend, HIGH, 2)
+    stats = backend.stats()
+    assert stats.limit == 10 and stats.active == 2 and stats.admitted == 2
+    assert [(lane.nominal, lane.guaranteed, lane.max) for lane in stats.lanes] == [
+        (s.nominal, s.guaranteed, s.max) for s in backend.seats
+    ]
+    assert stats.lanes[HIGH].active == 2
+    assert backend.retry_after(NORMAL) >= 1
+    release(permits)
+    assert backend.stats().active == 0
+
+
+# -- leases -----------------------------------------------------------------------------------
+
+
+async def test_leases_are_renewed_in_one_call_per_heartbeat(
+    inst: Instances, rc: redis.Redis
+) -> None:
+    backend = await inst.make(settings(10), lease_ttl=0.5, heartbeat=0.1, linger=0)
+    permits = await hold(backend, NORMAL, 4)
+    calls = backend.counters["calls"]
+    await anyio.sleep(1.2)  # more than two lease lifetimes
+    assert inst.live(rc)[NORMAL] == 4
+    assert backend.counters["lost_leases"] == 0
+    assert 6 <= backend.counters["calls"] - calls <= 16  # ~one per heartbeat, not per seat
+    release(permits)
+
+
+def raw_sync(
+    client: redis.Redis, name: str, instance: str, *, want: int = 0,
+    release: tuple[str, ...] = (), renew: tuple[str, ...] = (), limit: int = 4,
+) -> list[Any]:  # fmt: skip
+    """Run the backend's script by hand (argument layout: see ``lua/sync.lua``)."""
+    keys = [*seat_keys(name), f"{tag(name)}:wait", f"{tag(name)}:instances"]
+    args = [
+        instance, "3000", str(limit), "0", f"{tag(name)}:wake", "0",
+        "0", "0", "0", "0", str(limit), "0", "0", "0", *[str(limit)] * 4,
+        "0", "0", str(want), "0", "0", "0", "0", "0", "0", "0", "0", "0",
+        str(len(release)), *release, str(len(renew)), *renew,
+    ]  # fmt: skip
+    return list(client.eval(SYNC_SCRIPT, len(keys), *keys, *args))
+
+
+async def test_renewal_after_release_does_not_resurrect_the_lease(
+    inst: Instances, rc: redis.Redis
+) -> None:
+    """swarthy/redis-semaphore #205: a refresh racing a release must not bring it back."""
+    granted = raw_sync(rc, inst.name, "x", want=2)
+    assert granted[:4] == [0, 0, 2, 0]
+    assert raw_sync(rc, inst.name, "x", release=("2|x:0",))[:4] == [0, 0, 0, 0]
+    result = raw_sync(rc, inst.name, "x", renew=("2|x:0", "2|x:1"))
+    assert result[4] == [b"2|x:0"]  # reported lost ...
+    assert rc.zscore(seat_keys(inst.name)[NORMAL], "x:0") is None  # ... and still gone
+    assert raw_sync(rc, inst.name, "x", release=("2|x:1", "2|x:1"))[8] == 0  # idempotent
+    rc.delete(f"{tag(inst.name)}:instances")
+
+
+async def test_a_lost_lease_is_leased_again_for_the_request_still_running(
+    inst: Instances, rc: redis.Redis
+) -> None:
+    """A lease that expired under a running request (a stalled process) is noticed at the
+    next renewal; the instance leases a seat for that request before admitting others."""
+    backend = await inst.make(settings(4), lease_ttl=0.6, heartbeat=0.1, linger=0)
+    permits = await hold(backend, NORMAL, 2)
+    key = seat_keys(inst.name)[NORMAL]
+    first = rc.zrange(key, 0, 0)
+    assert isinstance(first, list)
+    rc.zrem(key, *first)  # "expire" one lease
+    await await_for(lambda: backend.counters["lost_leases"] == 1, 2.0, "the loss to be seen")
+    await await_for(
+        lambda: backend.leased[NORMAL] == 2 and inst.live(rc)[NORMAL] == 2,
+        2.0, "a new lease for the request",
+    )  # fmt: skip
+    assert backend.stats().active == 2
+    release(permits)
+
+
+# -- lifecycle and the gate -----------------------------------------------------------------
+
+
+async def test_the_first_request_that_must_wait_starts_the_backend(
+    rc: redis.Redis,
+) -> None:
+    backend = RedisBackend(
+        REDIS_URL, unique_name(), settings=settings(2), key_prefix=KEY_PREFIX,
+        command_timeout=0.25,
+    )  # fmt: skip
+    assert backend.try_acquire(NORMAL) is None  # not started: no pool yet
+    permit = await backend.acquire(NORMAL)
+    assert backend.mode == "global"
+    permit.release()
+    await backend.aclose()
+    assert keys_of(rc, backend.name) == []
+
+
+async def test_closing_answers_waiters_and_gives_every_seat_back(rc: redis.Redis) -> None:
+    backend = RedisBackend(
+        REDIS_URL, unique_name(), settings=settings(1), key_prefix=KEY_PREFIX,
+        command_timeout=0.25,
+    )  # fmt: skip
+    await backend.start()
+    permit = await backend.acquire(NORMAL)
+    async with anyio.create_task_group() as tg:
+        waiter = await arrive(tg, backend, NORMAL)
+        await backend.aclose()
+        await waiter.done.wait()
+    assert isinstance(waiter.error, SystemOverload)
+    assert keys_of(rc, backend.name) == []  # the seat still in use went back too
+    permit.release()  # harmless after closing
+    assert backend.mode == "closed" and backend.stats().active == 0
+    with pytest.raises(SystemOverload):
+        await backend.acquire(NORMAL)
+
+
+async def test_gate_over_redis_keeps_the_limit(inst: Instances, rc: redis.Redis) -> None:
+    gate_settings = settings(3, queue_capacity=100, wait_timeout=5.0)
+    a = await inst.make(gate_settings, block=2)
+    b = await inst.make(gate_settings, block=2)
+    running = 0
+    most = 0
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running, sum(inst.live(rc)))
+        await asyncio.sleep(0.01)
+        running -= 1
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    gates = [Gate(app, gate_settings, backend=x) for x in (a, b)]
+    clients = [
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=g), base_url="http://t") for g in gates
+    ]
+    statuses: list[int] = []
+
+    async def get(client: httpx.AsyncClient) -> None:
+        statuses.append((await client.get("/api/thing")).status_code)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(30):
+            tg.start_soon(get, clients[i % 2])
+    for client in clients:
+        await client.aclose()
+    assert statuses == [200] * 30
+    assert most <= 3
+    assert a.stats().active == b.stats().active == 0
+
+
+async def test_unreachable_redis_at_start_means_fallback_mode_at_once() -> None:
+    """Nothing listens: start() does not fail, it starts in the fallback mode."""
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    policies: dict[str, RedisBackend] = {}
+    for policy in ("local", "open", "closed"):
+        backend = RedisBackend(
+            url, unique_name(), settings=settings(4), on_redis_error=policy,
+            expected_instances=2, heartbeat=0.5, lease_ttl=2.0,
+        )  # fmt: skip
+        with anyio.fail_after(1.0):
+            await backend.start()
+        assert backend.mode == policy
+        policies[policy] = backend
+    local, opened, closed = policies["local"], policies["open"], policies["closed"]
+    try:
+        held = [local.try_acquire(NORMAL), local.try_acquire(NORMAL)]  # ceil(4 / 2) seats
+        assert all(held) and local.try_acquire(NORMAL) is None
+        with anyio.fail_after(1.0), pytest.raises(QueueTimeout):
+            await local.acquire(NORMAL, 0.05)
+        release(held)
+        many = [opened.try_acquire(NORMAL) for _ in range(10)]
+        assert all(many) and opened.stats().active == 10
+        release(many)
+        assert opened.stats().active == 0
+        assert closed.try_acquire(NORMAL) is None
+        with anyio.fail_after(1.0), pytest.raises(SystemOverload):
+            await closed.acquire(NORMAL)
+    finally:
+        for backend in policies.values():
+            with anyio.fail_after(3.0):
+                await backend.aclose()
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_trio_is_refused_with_a_clear_error() -> None:
+    with pytest.raises(RuntimeError, match=r"^RedisBackend runs on asyncio only"):
+        await RedisBackend().start()
+
+
+def test_lane_seats_use_the_global_limit() -> None:
+    backend = RedisBackend(settings=GateSettings(max_concurrent=20))
+    assert sum(s.nominal for s in backend.seats) == 20
+    assert backend.limit == 20
+    assert [s.nominal for s in backend.seats] == [2, 8, 8, 2]
