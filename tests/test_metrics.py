@@ -179,7 +179,10 @@ async def test_scripted_admissions_and_rejections(sdk: Sdk) -> None:
         now = sdk.collect()
         assert values(now["backpressure.active_requests"])[lane("normal")] == 2
         assert values(now["backpressure.queued_requests"]) == {
-            lane("critical"): 0, lane("high"): 0, lane("normal"): 1, lane("low"): 0
+            lane("critical"): 0,
+            lane("high"): 0,
+            lane("normal"): 1,
+            lane("low"): 0,
         }
         assert values(now["backpressure.rejected"])[rejected("normal", "queue_full")] == 1
         assert values(now["backpressure.admitted"])[lane("normal")] == 2
@@ -200,7 +203,10 @@ async def test_scripted_admissions_and_rejections(sdk: Sdk) -> None:
     assert values(end["backpressure.active_requests"]) == {lane(n): 0 for n in LANES}
     assert values(end["backpressure.queued_requests"]) == {lane(n): 0 for n in LANES}
     assert values(end["backpressure.admitted"]) == {
-        lane("critical"): 0, lane("high"): 0, lane("normal"): 3, lane("low"): 0
+        lane("critical"): 0,
+        lane("high"): 0,
+        lane("normal"): 3,
+        lane("low"): 0,
     }
     counts = values(end["backpressure.rejected"])
     assert {k: v for k, v in counts.items() if v} == {
@@ -257,12 +263,11 @@ def test_degradation_mode_hook(sdk: Sdk) -> None:
     modes = {"read_only": True, "circuit_breaker": False}
     gate.metrics.degradation = lambda: modes
     assert values(sdk.collect()["backpressure.degradation_mode"]) == {
-        (("policy", "read_only"),): 1, (("policy", "circuit_breaker"),): 0
+        (("policy", "read_only"),): 1,
+        (("policy", "circuit_breaker"),): 0,
     }
     modes["read_only"] = False
-    assert values(sdk.collect()["backpressure.degradation_mode"])[
-        (("policy", "read_only"),)
-    ] == 0
+    assert values(sdk.collect()["backpressure.degradation_mode"])[(("policy", "read_only"),)] == 0
 
 
 # -- several gates, gone gates, no SDK -------------------------------------------------------

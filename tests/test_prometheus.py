@@ -196,7 +196,8 @@ async def test_without_an_app_lifespan_completes_and_http_is_answered(
     ex.push({"type": "lifespan.shutdown"})
     await ex.run()
     assert [m["type"] for m in ex.sent] == [
-        "lifespan.startup.complete", "lifespan.shutdown.complete"
+        "lifespan.startup.complete",
+        "lifespan.shutdown.complete",
     ]
     assert (await call(isolated, "/anything")).status == 200  # mounted: every path is metrics
 
@@ -556,7 +557,10 @@ def test_real_prometheus_scrapes_a_gated_app(
         groups = prom.api("rules", type="alert")["groups"]
         rules = {rule["name"]: rule for group in groups for rule in group["rules"]}
         assert set(rules) == {
-            "HighRejectionRate", "QueueBuildup", "HighQueueWaitTime", "HighUtilization"
+            "HighRejectionRate",
+            "QueueBuildup",
+            "HighQueueWaitTime",
+            "HighUtilization",
         }
         wait_until(
             lambda: all(

@@ -30,9 +30,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _add_plan_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> (
-    argparse.ArgumentParser
-):
+def _add_plan_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
     plan = commands.add_parser(
         "plan",
         help="recommend max_concurrent, queue_capacity, wait_timeout and reject_threshold",
@@ -41,16 +41,40 @@ def _add_plan_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
         "50ms, 0.05s or 0.05 (seconds).",
     )  # fmt: skip
     plan.add_argument("--pool", type=int, required=True, help="DB connection pool size")
-    plan.add_argument("--avg-latency", type=_duration, required=True, metavar="DURATION",
-                      help="average request latency, e.g. 50ms")
-    plan.add_argument("--p95-latency", type=_duration, required=True, metavar="DURATION",
-                      help="p95 request latency without queueing, e.g. 80ms")
-    plan.add_argument("--target-rps", type=float, required=True, metavar="RPS",
-                      help="requests per second one instance must serve")
-    plan.add_argument("--sla", type=_duration, required=True, metavar="DURATION",
-                      help="p95 latency target, queueing included, e.g. 100ms")
-    plan.add_argument("--format", choices=("table", "env", "json"), default="table",
-                      help="table (default), env (a .env file) or json")
+    plan.add_argument(
+        "--avg-latency",
+        type=_duration,
+        required=True,
+        metavar="DURATION",
+        help="average request latency, e.g. 50ms",
+    )
+    plan.add_argument(
+        "--p95-latency",
+        type=_duration,
+        required=True,
+        metavar="DURATION",
+        help="p95 request latency without queueing, e.g. 80ms",
+    )
+    plan.add_argument(
+        "--target-rps",
+        type=float,
+        required=True,
+        metavar="RPS",
+        help="requests per second one instance must serve",
+    )
+    plan.add_argument(
+        "--sla",
+        type=_duration,
+        required=True,
+        metavar="DURATION",
+        help="p95 latency target, queueing included, e.g. 100ms",
+    )
+    plan.add_argument(
+        "--format",
+        choices=("table", "env", "json"),
+        default="table",
+        help="table (default), env (a .env file) or json",
+    )
     return plan
 
 

@@ -31,6 +31,8 @@ requests (``docs/operations/metrics.md``).
 Instruments are created once per ``Meter``; several gates sharing a meter are summed (an SDK
 keeps the callbacks of the first instrument of a name and drops those of later ones, so each
 gate cannot register its own). A gate that is garbage-collected stops being observed.
+Collection may run on another thread (the exporter's own HTTP server): the callbacks only
+read the scheduler's counters, which the GIL keeps whole; lanes may be a request apart.
 """
 
 from __future__ import annotations

@@ -151,8 +151,10 @@ class PrometheusMetrics:
         return self._server[0].server_port if self._server else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.path is not None and (
-            self.app is None or scope["path"] == self.path
+        if (
+            scope["type"] == "http"
+            and self.path is not None
+            and (self.app is None or scope["path"] == self.path)
         ):
             await self._exposition(scope, receive, _lowercase_headers(send))
         elif self.app is not None:
