@@ -317,3 +317,51 @@ async def test_without_an_sdk_metrics_are_no_ops() -> None:
     ex.push_body()
     await ex.run()
     assert ex.status == 200
+
+
+def test_degradation_mode_gauge_follows_the_built_in_policies() -> None:
+    """backpressure_degradation_mode{policy} reads 1 while read-only is on / the circuit is
+    open, 0 otherwise (the gate wires its policies to the gauge)."""
+    import anyio
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
+
+    from lockgate import Gate, GateSettings
+    from lockgate.degrade import CircuitBreakerPolicy, ReadOnlyPolicy
+    from lockgate.testing import FakeClock, make_scope
+
+    reader = InMemoryMetricReader()
+    meter = MeterProvider(metric_readers=[reader]).get_meter("t")
+    clock = FakeClock()
+
+    async def failing(scope: object, receive: object, send: object) -> None:
+        await send({"type": "http.response.start", "status": 500, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
+
+    breaker = CircuitBreakerPolicy(failure_threshold=2, recovery_timeout=10)
+    gate = Gate(failing, GateSettings(max_concurrent=4), policies=[ReadOnlyPolicy(0.9), breaker],
+                meter=meter, clock=clock)
+
+    def modes() -> dict[str, float]:
+        data = reader.get_metrics_data()
+        assert data is not None
+        return {
+            str(point.attributes["policy"]): point.value
+            for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+            if m.name == "backpressure.degradation_mode" for point in m.data.data_points
+            if isinstance(point, NumberDataPoint) and point.attributes
+        }
+
+    async def call() -> None:
+        async def receive() -> dict[str, object]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: object) -> None:
+            pass
+
+        await gate(make_scope("/x"), receive, send)
+
+    assert modes() == {"read_only": 0.0, "circuit_breaker": 0.0}
+    for _ in range(2):
+        anyio.run(call)
+    assert modes() == {"read_only": 0.0, "circuit_breaker": 1.0}

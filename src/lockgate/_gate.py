@@ -28,7 +28,15 @@ from ._stats import GateStats
 from ._trust import is_trusted_client, parse_networks
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .backends import Backend
-from .degrade import Answer, DegradationPolicy, PolicyChain, RequestInfo, ResponseInfo
+from .degrade import (
+    Answer,
+    CircuitBreakerPolicy,
+    DegradationPolicy,
+    PolicyChain,
+    ReadOnlyPolicy,
+    RequestInfo,
+    ResponseInfo,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import Meter
@@ -101,7 +109,9 @@ class Gate:
         self._adaptive = self.scheduler.adaptive
         from .otel import GateMetrics  # metrics (issue 5): observed from stats() at collection
 
-        self.metrics = GateMetrics(self.scheduler.stats, meter)
+        self.metrics = GateMetrics(
+            self.scheduler.stats, meter, degradation=self._degradation_modes
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self._enabled:
@@ -312,6 +322,17 @@ class Gate:
             await send(message)
 
         await self.app(scope, receive_, send_)
+
+    def _degradation_modes(self) -> dict[str, bool]:
+        """Which built-in degradation modes are on (``backpressure_degradation_mode``)."""
+        now, modes = self._clock.now(), dict[str, bool]()
+        for policy in self.policies.policies:
+            if isinstance(policy, ReadOnlyPolicy):
+                modes["read_only"] = modes.get("read_only", False) or policy.active
+            elif isinstance(policy, CircuitBreakerPolicy):
+                is_open = policy.state(now) != "closed"
+                modes["circuit_breaker"] = modes.get("circuit_breaker", False) or is_open
+        return modes
 
     def _budget(self, scope: Scope) -> float | None:
         """The request's deadline, if the settings let lockgate believe it."""
