@@ -33,8 +33,6 @@ lives on one event loop; every method but ``acquire`` is synchronous and never b
 from __future__ import annotations
 
 import asyncio
-import math
-from collections import deque
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Protocol
@@ -52,6 +50,7 @@ from ._exceptions import (
     SystemOverload,
 )
 from ._lanes import LaneSeats, Priority, lane_seats
+from ._queues import WAITING, LaneQueues
 from ._settings import GateSettings, LaneSettings, LanesSettings
 from ._stats import GateStats, LaneStats
 from .limits import FixedLimit, Limit, make_limit
@@ -59,7 +58,7 @@ from .limits import FixedLimit, Limit, make_limit
 __all__ = ["Permit", "PriorityScheduler"]
 
 _LANES = tuple(Priority)
-_WAITING, _GRANTED, _GONE = 0, 1, 2
+_WAITING, _GRANTED, _GONE = WAITING, 1, 2
 SAMPLE_EVERY = 4
 """One permit in this many admitted at once is timed (waiters always are)."""
 _REJECTIONS: dict[RejectReason, type[Rejected]] = {
@@ -160,7 +159,7 @@ class _Waiter:
             wake.set()
 
 
-class PriorityScheduler:
+class PriorityScheduler(LaneQueues[_Waiter]):
     """Seats split into priority lanes with reserved shares, and a bounded queue for the rest.
 
     ``try_acquire(lane)`` admits at once or returns ``None``; ``acquire(lane, timeout)`` waits
@@ -182,6 +181,7 @@ class PriorityScheduler:
     ) -> None:
         """``limit`` seats, or ``limit_algorithm.limit`` seats that the algorithm moves
         (``AIMDLimit``, ``Gradient2Limit``) as permits report their hold times."""
+        super().__init__()
         if limit_algorithm is not None:
             limit = limit_algorithm.limit
         if limit < 1:
@@ -199,9 +199,6 @@ class PriorityScheduler:
         self._reject_threshold_setting = reject_threshold
         self._queue_limits = [lane.queue_limit for lane in self._lane_settings]
         self._used = [0, 0, 0, 0]
-        self._queues: list[deque[_Waiter]] = [deque() for _ in _LANES]
-        self._queued = [0, 0, 0, 0]
-        self._dead = [0, 0, 0, 0]
         self._queued_total = 0
         self._active = 0
         self._occupied = 0  # sum over lanes of max(u_i, G_i): I3's left-hand side
@@ -333,13 +330,13 @@ class PriorityScheduler:
                 assert waiter.permit is not None
                 waiter.permit.release()
             elif waiter.state == _WAITING:
-                self._remove(waiter)
+                self._remove(waiter, _GONE)
             raise
         if waiter.state == _GRANTED:
             assert waiter.permit is not None
             return waiter.permit
         if waiter.state == _WAITING:  # our own deadline passed
-            self._remove(waiter)
+            self._remove(waiter, _GONE)
             waiter.reason = RejectReason.QUEUE_TIMEOUT
             self.record_rejection(lane, waiter.reason)
         assert waiter.reason is not None
@@ -365,9 +362,7 @@ class PriorityScheduler:
         now = self._clock.now()
         if self.discipline.overloaded(lane, now):
             self._shed_stale(lane, now)
-        if lane and self._higher_overloaded(lane, now) and not self._lower_surplus(lane):
-            # A higher lane stands: everyone here would only wait to be shed. Say so now.
-            self._shed_stale(lane, math.inf)
+        if self._below_a_standing_queue(lane, now):
             self._reject_arrival(lane, RejectReason.QUEUE_FULL)
         limit = self._queue_limits[lane]
         overload = self._active + self._queued_total >= self._reject_threshold
@@ -404,58 +399,6 @@ class PriorityScheduler:
         self.record_rejection(waiter.lane, reason)
         waiter.notify()
 
-    def _pop(self, lane: Priority, newest: bool) -> _Waiter:
-        """The oldest (FIFO) or newest (LIFO) live waiter of a lane that has one."""
-        queue = self._queues[lane]
-        waiter = queue.pop() if newest else queue.popleft()
-        while waiter.state != _WAITING:
-            self._dead[lane] -= 1
-            waiter = queue.pop() if newest else queue.popleft()
-        return waiter
-
-    def _displace_below(self, lane: Priority) -> bool:
-        """Turn away the youngest waiter of the lowest lane below ``lane``; False if none."""
-        for victim_lane in reversed(_LANES[lane + 1 :]):
-            if self._queued[victim_lane]:
-                self._turn_away(self._pop(victim_lane, newest=True), RejectReason.QUEUE_FULL)
-                return True
-        return False
-
-    def _shed_stale(self, lane: Priority, now: float) -> None:
-        """In an overloaded lane, answer every waiter older than the target at once -- unless
-        a lower lane still holds seats beyond its guarantee: those come to this lane first.
-        (``now=inf`` answers every waiter of the lane.)"""
-        if self._lower_surplus(lane):
-            return
-        oldest_allowed = now - self.discipline.target(lane)
-        queue = self._queues[lane]
-        while self._queued[lane]:
-            head = queue[0]
-            if head.state != _WAITING:
-                queue.popleft()
-                self._dead[lane] -= 1
-            elif head.enqueued < oldest_allowed:
-                queue.popleft()
-                self._turn_away(head, RejectReason.QUEUE_TIMEOUT)
-            else:
-                return
-
-    def _remove(self, waiter: _Waiter) -> None:
-        """Take a still-waiting waiter out of its queue (cancelled or timed out)."""
-        lane = waiter.lane
-        waiter.state = _GONE
-        self._dequeued(lane)
-        queue = self._queues[lane]
-        if queue[0] is waiter:
-            queue.popleft()
-        elif queue[-1] is waiter:
-            queue.pop()
-        else:
-            self._dead[lane] += 1
-            if self._dead[lane] > 32 and self._dead[lane] > self._queued[lane]:
-                self._queues[lane] = deque(w for w in queue if w.state == _WAITING)
-                self._dead[lane] = 0
-
     # -- seats ------------------------------------------------------------------------------
 
     def _take(self, lane: Priority) -> None:
@@ -464,6 +407,12 @@ class PriorityScheduler:
             self._occupied += 1
         self._used[lane] = u + 1
         self._active += 1
+
+    def _held(self, lane: Priority) -> int:
+        return self._used[lane]
+
+    def _guarantee(self, lane: Priority) -> int:
+        return self._guaranteed[lane]
 
     def _release(self, permit: Permit, dropped: bool, sample: bool) -> None:
         lane = permit.lane
@@ -525,16 +474,6 @@ class PriorityScheduler:
             if first is None and free and u < self._max[lane]:
                 first = lane
         return first
-
-    def _lower_surplus(self, lane: Priority) -> bool:
-        """Does a lane below ``lane`` hold seats beyond its guarantee (seats ``lane`` will
-        get back by priority, so its waiters must not be shed yet)?"""
-        used, guaranteed = self._used, self._guaranteed
-        return any(used[low] > guaranteed[low] for low in _LANES[lane + 1 :])
-
-    def _higher_overloaded(self, lane: Priority, now: float) -> bool:
-        """Is a lane above ``lane`` overloaded (so ``lane`` will get no seat soon)?"""
-        return any(self.discipline.overloaded(high, now) for high in _LANES[:lane])
 
     # -- observation ------------------------------------------------------------------------
 

@@ -60,7 +60,6 @@ import contextlib
 import logging
 import math
 import uuid
-from collections import deque
 from importlib.resources import files
 from types import TracebackType
 from typing import Any, Final, Literal, NamedTuple
@@ -78,6 +77,7 @@ from .._exceptions import (
     SystemOverload,
 )
 from .._lanes import LaneSeats, Priority, lane_seats
+from .._queues import WAITING, LaneQueues
 from .._scheduler import Permit, PriorityScheduler
 from .._settings import GateSettings
 from .._stats import GateStats, LaneStats
@@ -100,7 +100,7 @@ Mode = Literal["global", "local", "open", "closed"]
 ErrorPolicy = Literal["local", "open", "closed"]
 
 _LANES: Final = tuple(Priority)
-_WAITING, _GRANTED, _GONE, _MOVED = 0, 1, 2, 3
+_WAITING, _GRANTED, _GONE, _MOVED = WAITING, 1, 2, 3
 _SAMPLE_EVERY = 4
 _DEBT_AGE_MS = 60_000
 """Age announced for requests running without a lease: they are served before any waiter."""
@@ -147,7 +147,7 @@ class _Fallback(PriorityScheduler):
         self.owner._fallback_released(permit.lane)
 
 
-class RedisBackend:
+class RedisBackend(LaneQueues[_Waiter]):
     """Seats shared by every instance through Redis; see the module docstring.
 
     ``RedisBackend(url, name, lease_ttl=10.0)``: instances that share ``url`` and ``name``
@@ -275,9 +275,7 @@ class RedisBackend:
         self._wait_timeout = settings.wait_timeout
         self._reject_threshold = settings.effective_reject_threshold
         self._queue_limits = [lane.queue_limit for lane in self._lanes]
-        self._queues: list[deque[_Waiter]] = [deque() for _ in _LANES]
-        self._queued = [0, 0, 0, 0]
-        self._dead = [0, 0, 0, 0]
+        LaneQueues.__init__(self)
         self._queued_total = 0
         self._admitted = [0, 0, 0, 0]
         self._rejected: list[dict[str, int]] = [{} for _ in _LANES]
@@ -429,7 +427,7 @@ class RedisBackend:
                     assert waiter.permit is not None
                     waiter.permit.release()
                 elif waiter.state == _WAITING:
-                    self._remove(waiter)
+                    self._remove(waiter, _GONE)
                 raise
             if waiter.state == _GRANTED:
                 assert waiter.permit is not None
@@ -437,7 +435,7 @@ class RedisBackend:
             if waiter.state == _MOVED:  # the mode changed: wait there with the time left
                 continue
             if waiter.state == _WAITING:  # our own deadline passed
-                self._remove(waiter)
+                self._remove(waiter, _GONE)
                 waiter.reason = RejectReason.QUEUE_TIMEOUT
                 self.record_rejection(lane, waiter.reason)
             assert waiter.reason is not None
@@ -583,6 +581,8 @@ class RedisBackend:
         now = self._clock.now()
         if self.discipline.overloaded(lane, now):
             self._shed_stale(lane, now)
+        if self._below_a_standing_queue(lane, now):
+            self._reject_arrival(lane, RejectReason.QUEUE_FULL)
         limit = self._queue_limits[lane]
         if limit is not None and self._queued[lane] >= limit:
             self._reject_arrival(lane, RejectReason.QUEUE_FULL)
@@ -622,49 +622,11 @@ class RedisBackend:
         self.record_rejection(waiter.lane, reason)
         waiter.event.set()
 
-    def _pop(self, lane: Priority, newest: bool) -> _Waiter:
-        queue = self._queues[lane]
-        waiter = queue.pop() if newest else queue.popleft()
-        while waiter.state != _WAITING:
-            self._dead[lane] -= 1
-            waiter = queue.pop() if newest else queue.popleft()
-        return waiter
+    def _held(self, lane: Priority) -> int:
+        return len(self._busy[lane])
 
-    def _displace_below(self, lane: Priority) -> bool:
-        for victim in reversed(_LANES[lane + 1 :]):
-            if self._queued[victim]:
-                self._turn_away(self._pop(victim, newest=True), RejectReason.QUEUE_FULL)
-                return True
-        return False
-
-    def _shed_stale(self, lane: Priority, now: float) -> None:
-        oldest_allowed = now - self.discipline.target(lane)
-        queue = self._queues[lane]
-        while self._queued[lane]:
-            head = queue[0]
-            if head.state != _WAITING:
-                queue.popleft()
-                self._dead[lane] -= 1
-            elif head.enqueued < oldest_allowed:
-                queue.popleft()
-                self._turn_away(head, RejectReason.QUEUE_TIMEOUT)
-            else:
-                return
-
-    def _remove(self, waiter: _Waiter) -> None:
-        lane = waiter.lane
-        waiter.state = _GONE
-        self._dequeued(lane)
-        queue = self._queues[lane]
-        if queue[0] is waiter:
-            queue.popleft()
-        elif queue[-1] is waiter:
-            queue.pop()
-        else:
-            self._dead[lane] += 1
-            if self._dead[lane] > 32 and self._dead[lane] > self._queued[lane]:
-                self._queues[lane] = deque(w for w in queue if w.state == _WAITING)
-                self._dead[lane] = 0
+    def _guarantee(self, lane: Priority) -> int:
+        return self._seats[lane].guaranteed
 
     def _oldest(self, lane: int) -> float | None:
         """When the oldest live waiter of ``lane`` arrived, or None."""

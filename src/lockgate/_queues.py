@@ -1,0 +1,134 @@
+"""Per-lane waiter queues: the structure the in-process scheduler and the Redis backend share.
+
+``LaneQueues`` is a base class holding, per lane, a deque of waiters (appended at the right:
+oldest on the left), the count of live ones, and the count of dead ones (cancelled or timed
+out, skipped when popped, compacted when they outnumber the live). Its methods apply the queue
+rules of DESIGN §3-§4 that both backends follow: FIFO or newest-first pops, displacement of a
+lower lane's youngest waiter, shedding of stale waiters only while no lower lane holds seats
+beyond its guarantee, and refusing a lane while a higher lane's queue stands.
+
+It knows nothing of seats or I/O: a subclass says how many seats a lane holds (``_held``), its
+guarantee (``_guarantee``), and what counting a waiter out and turning one away mean
+(``_dequeued``, ``_turn_away``).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections import deque
+from typing import Generic, Protocol, TypeVar
+
+from ._discipline import QueueDiscipline
+from ._exceptions import RejectReason
+from ._lanes import Priority
+
+__all__ = ["WAITING", "LaneQueues"]
+
+WAITING = 0
+"""The state of a waiter still in its queue (every other state means it left)."""
+_LANES = tuple(Priority)
+
+
+class _Queued(Protocol):
+    lane: Priority
+    enqueued: float
+    state: int
+
+
+W = TypeVar("W", bound=_Queued)
+
+
+class LaneQueues(ABC, Generic[W]):
+    """Four lanes of waiters and the rules for taking them out. See the module docstring."""
+
+    discipline: QueueDiscipline
+
+    def __init__(self) -> None:
+        self._queues: list[deque[W]] = [deque() for _ in _LANES]
+        self._queued = [0] * len(_LANES)
+        self._dead = [0] * len(_LANES)
+
+    @abstractmethod
+    def _dequeued(self, lane: Priority, served: bool = False) -> None:
+        """Count one live waiter of ``lane`` out (``served``: it was granted a seat)."""
+
+    @abstractmethod
+    def _turn_away(self, waiter: W, reason: RejectReason) -> None:
+        """Answer a waiter that is already out of its queue with a rejection."""
+
+    @abstractmethod
+    def _held(self, lane: Priority) -> int:
+        """Seats ``lane`` holds now."""
+
+    @abstractmethod
+    def _guarantee(self, lane: Priority) -> int:
+        """Seats guaranteed to ``lane``."""
+
+    def _pop(self, lane: Priority, newest: bool) -> W:
+        """The oldest (FIFO) or newest (LIFO) live waiter of a lane that has one."""
+        queue = self._queues[lane]
+        waiter = queue.pop() if newest else queue.popleft()
+        while waiter.state != WAITING:
+            self._dead[lane] -= 1
+            waiter = queue.pop() if newest else queue.popleft()
+        return waiter
+
+    def _remove(self, gone: W, state: int) -> None:
+        """Take a still-waiting waiter out of its queue (cancelled or timed out)."""
+        lane = gone.lane
+        gone.state = state
+        self._dequeued(lane)
+        queue = self._queues[lane]
+        if queue[0] is gone:
+            queue.popleft()
+        elif queue[-1] is gone:
+            queue.pop()
+        else:
+            self._dead[lane] += 1
+            if self._dead[lane] > 32 and self._dead[lane] > self._queued[lane]:
+                self._queues[lane] = deque(w for w in queue if w.state == WAITING)
+                self._dead[lane] = 0
+
+    def _displace_below(self, lane: Priority) -> bool:
+        """Turn away the youngest waiter of the lowest lane below ``lane``; False if none."""
+        for victim_lane in reversed(_LANES[lane + 1 :]):
+            if self._queued[victim_lane]:
+                self._turn_away(self._pop(victim_lane, newest=True), RejectReason.QUEUE_FULL)
+                return True
+        return False
+
+    def _shed_stale(self, lane: Priority, now: float) -> None:
+        """In an overloaded lane, answer every waiter older than the target at once -- unless
+        a lower lane still holds seats beyond its guarantee: those come to this lane first.
+        (``now=inf`` answers every waiter of the lane.)"""
+        if self._lower_surplus(lane):
+            return
+        oldest_allowed = now - self.discipline.target(lane)
+        queue = self._queues[lane]
+        while self._queued[lane]:
+            head = queue[0]
+            if head.state != WAITING:
+                queue.popleft()
+                self._dead[lane] -= 1
+            elif head.enqueued < oldest_allowed:
+                queue.popleft()
+                self._turn_away(head, RejectReason.QUEUE_TIMEOUT)
+            else:
+                return
+
+    def _lower_surplus(self, lane: Priority) -> bool:
+        """Does a lane below ``lane`` hold seats beyond its guarantee (seats ``lane`` will
+        get back by priority, so its waiters must not be shed yet)?"""
+        return any(self._held(low) > self._guarantee(low) for low in _LANES[lane + 1 :])
+
+    def _below_a_standing_queue(self, lane: Priority, now: float) -> bool:
+        """Must an arrival of ``lane`` be refused because a higher lane's queue stands (and no
+        lower lane has seats to give back)? If so, ``lane``'s waiters are answered too: they
+        would only wait to be shed."""
+        if not lane or self._lower_surplus(lane):
+            return False
+        if not any(self.discipline.overloaded(high, now) for high in _LANES[:lane]):
+            return False
+        self._shed_stale(lane, math.inf)
+        return True
