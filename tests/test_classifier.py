@@ -66,3 +66,14 @@ def test_entry_point_plugin_loading() -> None:
     assert loaded.classify(make_scope("/anything")) is Priority.HIGH
     with pytest.raises(LookupError, match="no classifier named 'nope'"):
         load_classifier("nope")
+
+
+def test_reassigning_rules_recompiles_the_matcher() -> None:
+    classifier = RuleClassifier([Rule(prefix="/batch", priority=Priority.LOW)])
+    scope = make_scope(path="/batch/7")
+    assert classifier.classify(scope) is Priority.LOW
+    classifier.rules = [Rule(prefix="/batch", priority=Priority.HIGH)]
+    assert classifier.rules == (Rule(prefix="/batch", priority=Priority.HIGH),)
+    assert classifier.classify(scope) is Priority.HIGH
+    classifier.rules = ()
+    assert classifier.classify(scope) is Priority.NORMAL

@@ -416,6 +416,35 @@ async def test_client_disconnect_while_queued_leaves_no_trace(serve: ServeFactor
 
 
 @pytest.mark.anyio
+async def test_queued_expect_100_continue_gets_no_continue_before_its_503(
+    serve: ServeFactory,
+) -> None:
+    """A queued ``Expect: 100-continue`` request is not told to send its body while it waits:
+    the gate does not read it (which makes the server send ``100 Continue``), so a request
+    that ends in a 503 costs the client no upload. (Hypercorn answers ``100 Continue`` on
+    its own as soon as the headers arrive, before any app sees the request: uvicorn only.)"""
+    served = serve(max_concurrent=1, queue_capacity=4, wait_timeout=0.3, target_wait=None)
+    if served.server.kind != "uvicorn":
+        pytest.skip("hypercorn sends 100 Continue itself before the app runs")
+    async with client(served) as c:
+        holder = asyncio.create_task(c.get("/block/holder"))
+        await served.wait_stats(active=1, queued=0)
+        reader, writer = await asyncio.open_connection(HOST, served.server.port)
+        writer.write(
+            f"POST /echo HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 5\r\n"
+            "Expect: 100-continue\r\nConnection: close\r\n\r\n".encode()
+        )
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 10.0)
+        assert status_line.startswith(b"HTTP/1.1 503"), status_line
+        await _close(writer)
+        assert await served.calls("/echo") == 0
+        await served.release("holder")
+        assert (await holder).status_code == 200
+        await served.wait_stats(active=0, queued=0)
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("size", [16 << 10, 3 << 20], ids=["16KiB", "3MiB"])
 async def test_queued_request_body_is_replayed_to_the_app(serve: ServeFactory, size: int) -> None:
     """The body the gate read while the request waited reaches the app intact, in order

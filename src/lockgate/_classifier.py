@@ -92,7 +92,7 @@ class RuleClassifier:
     a role rule's path and method match.
     """
 
-    __slots__ = ("_steps", "default", "rules", "trust")
+    __slots__ = ("_rules", "_steps", "default", "trust")
 
     def __init__(
         self,
@@ -101,10 +101,19 @@ class RuleClassifier:
         *,
         trust: TrustedSource | None = None,
     ) -> None:
-        self.rules = tuple(rules)
+        self.rules = rules
         self.default = Priority(default)
         self.trust = trust if trust is not None else TrustedSource()
-        self._steps = _compile(self.rules)
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        """The rules in order. Assigning a new sequence recompiles the matcher."""
+        return self._rules
+
+    @rules.setter
+    def rules(self, rules: Iterable[Rule]) -> None:
+        self._rules = tuple(rules)
+        self._steps = _compile(self._rules)
 
     def classify(self, scope: Scope) -> Priority:
         path: str = scope.get("path", "")

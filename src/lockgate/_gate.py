@@ -261,6 +261,8 @@ class Gate:
 
         async def watch(cancel: anyio.CancelScope) -> None:
             nonlocal disconnected
+            if _expects_continue(scope):  # reading would make the server send 100 Continue
+                return  # and the client upload a body that may only meet a 503
             size = 0
             try:
                 while size <= MAX_BUFFERED_BODY:
@@ -383,6 +385,14 @@ def _path_matcher(paths: Iterable[str]) -> Any:
         return lambda path: True
     alternatives = "|".join(re.escape(p) for p in sorted(paths, key=len, reverse=True))
     return re.compile(f"(?:{alternatives})(?:/|$)").match
+
+
+def _expects_continue(scope: Scope) -> bool:
+    """Does the request wait for ``100 Continue`` before sending its body?"""
+    return any(
+        name == b"expect" and value.lower() == b"100-continue"
+        for name, value in scope.get("headers", ())
+    )
 
 
 def _replay(buffered: deque[Message], receive: Receive) -> Receive:
