@@ -129,3 +129,19 @@ def test_lane_settings_are_frozen() -> None:
     lane = LaneSettings(share=1)
     with pytest.raises(ValidationError):
         lane.share = 2
+
+
+@pytest.mark.parametrize("text", ["none", "NULL", "off", ""])
+def test_optional_fields_are_unset_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    """An env var can say "unset" for the fields whose ``None`` means something."""
+    monkeypatch.setenv("BACKPRESSURE_TARGET_WAIT", text)
+    monkeypatch.setenv("BACKPRESSURE_REJECT_THRESHOLD", text)
+    monkeypatch.setenv("BACKPRESSURE_STATUS_PATH", text)
+    settings = GateSettings()
+    assert (settings.target_wait, settings.reject_threshold, settings.status_path) == (
+        None, None, None
+    )
+    monkeypatch.setenv("BACKPRESSURE_TARGET_WAIT", "0.02")
+    assert GateSettings().target_wait == 0.02

@@ -146,6 +146,14 @@ class GateSettings(BaseSettings):
             return "off"
         return value
 
+    @field_validator("target_wait", "reject_threshold", "status_path", mode="before")
+    @classmethod
+    def _none_from_text(cls, value: Any) -> Any:
+        """``none``, ``null``, ``off`` or an empty string (how an env var says "unset")."""
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "null", "off"):
+            return None
+        return value
+
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
