@@ -365,3 +365,73 @@ def test_degradation_mode_gauge_follows_the_built_in_policies() -> None:
     for _ in range(2):
         anyio.run(call)
     assert modes() == {"read_only": 0.0, "circuit_breaker": 1.0}
+
+
+# -- the Redis backend's mode ----------------------------------------------------------------
+
+
+def backend_modes(sdk: Sdk) -> dict[str, float]:
+    metric = sdk.collect().get("backpressure.backend_mode")
+    if metric is None:
+        return {}
+    return {dict(labels)["mode"]: value for labels, value in values(metric).items()}
+
+
+def test_an_in_process_gate_reports_no_backend_mode(sdk: Sdk) -> None:
+    """The in-process scheduler has no mode: no ``backpressure_backend_mode`` series."""
+    gate = Gate(ok_app, GateSettings(max_concurrent=2), meter=sdk.meter)
+    assert backend_modes(sdk) == {}
+    assert "backpressure.concurrency_limit" in sdk.collect()
+    assert gate.stats().limit == 2
+
+
+@pytest.mark.redis
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # redis-py: asyncio only
+async def test_backend_mode_follows_a_redis_backend_into_fallback_and_back(sdk: Sdk) -> None:
+    """``backpressure_backend_mode{mode}``: 1 for the mode a gate's RedisBackend is in, 0 for
+    the others. A throwaway redis-server dies (fallback ``local``), comes back on its port
+    (``global`` again); a closed backend reads ``closed``."""
+    from lockgate.backends.redis import RedisBackend
+    from tests._redis import KEY_PREFIX, RedisServer, await_for, unique_name
+
+    server = RedisServer().start()
+    try:
+        backend = RedisBackend(
+            server.url, unique_name("metrics"), settings=GateSettings(max_concurrent=4),
+            lease_ttl=1.0, heartbeat=0.1, command_timeout=0.25, expected_instances=2,
+            key_prefix=KEY_PREFIX,
+        )  # fmt: skip
+        gate = Gate(ok_app, backend.settings, backend=backend, meter=sdk.meter)
+        assert gate.scheduler is backend
+        await backend.start()
+        assert backend_modes(sdk) == {"global": 1, "local": 0, "open": 0, "closed": 0}
+        permit = await backend.acquire(Priority.NORMAL)  # a lease to renew each heartbeat
+
+        server.kill()
+        await await_for(lambda: backend.mode == "local", 2.0, "the fallback (a heartbeat)")
+        assert backend_modes(sdk) == {"global": 0, "local": 1, "open": 0, "closed": 0}
+
+        server = RedisServer(server.port).start()
+        await await_for(lambda: backend.mode == "global", 3.0, "global mode again (a probe)")
+        assert backend_modes(sdk) == {"global": 1, "local": 0, "open": 0, "closed": 0}
+
+        permit.release()
+        await backend.aclose()
+        assert backend_modes(sdk) == {"global": 0, "local": 0, "open": 0, "closed": 1}
+    finally:
+        server.kill()
+
+
+def test_backend_mode_can_be_given_explicitly(sdk: Sdk) -> None:
+    """``GateMetrics(..., backend_mode=...)`` for a backend of one's own; gates sharing a
+    meter are counted per mode."""
+    mode = "open"
+    kept = [  # observed while referenced
+        GateMetrics(PriorityScheduler(3).stats, sdk.meter, backend_mode=lambda: mode),
+        GateMetrics(PriorityScheduler(3).stats, sdk.meter, backend_mode=lambda: "global"),
+    ]
+    assert backend_modes(sdk) == {"global": 1, "local": 0, "open": 1, "closed": 0}
+    mode = "closed"
+    assert backend_modes(sdk) == {"global": 1, "local": 0, "open": 0, "closed": 1}
+    assert len(kept) == 2

@@ -402,6 +402,34 @@ async def test_returned_seats_go_to_the_highest_lane_waiting_anywhere(inst: Inst
     release([high.permit, low.permit])
 
 
+async def test_above_the_guarantees_seats_go_by_priority_across_instances(
+    inst: Instances,
+) -> None:
+    """As in-process (decisions.md #1): a lane under its nominal share is not repaid first;
+    the released seat goes to the higher lane's waiter elsewhere, the older lower one waits."""
+    shares = {lane: {"share": 0.25, "lendable": 1.0, "borrow_limit": None}
+              for lane in ("critical", "high", "normal", "low")}  # fmt: skip
+    a = await inst.make(settings(8, shares))
+    b = await inst.make(settings(8, shares))
+    c = await inst.make(settings(8, shares))
+    permits = await hold(a, HIGH, 6) + await hold(a, NORMAL, 2)  # high over its 2, normal at 2
+    async with anyio.create_task_group() as tg:
+        normal = await arrive(tg, b, NORMAL)
+        await anyio.sleep(0.05)
+        high = await arrive(tg, c, HIGH)
+        await anyio.sleep(0.05)
+        permits.pop().release()  # a normal seat: normal drops under its nominal share
+        with anyio.fail_after(1.0):
+            await high.done.wait()
+        await anyio.sleep(0.1)
+        assert not normal.done.is_set()
+        permits.pop().release()
+        with anyio.fail_after(1.0):
+            await normal.done.wait()
+    assert high.permit is not None and normal.permit is not None
+    release([high.permit, normal.permit, *permits])
+
+
 async def test_returned_seats_go_to_the_oldest_waiter_of_a_lane_anywhere(
     inst: Instances,
 ) -> None:
@@ -564,6 +592,34 @@ async def test_queue_full_and_displacement_by_a_higher_lane(inst: Instances) -> 
     stats = backend.stats()
     assert stats.lanes[LOW].rejected == {"QUEUE_FULL": 2}
     high.permit.release()
+
+
+async def test_a_burst_larger_than_the_queue_is_admitted_while_global_seats_are_free(
+    inst: Instances,
+) -> None:
+    """An empty pool (start-up, after an idle linger) is not a full house: arrivals the local
+    queue would refuse ask Redis first, in one call, as the in-process scheduler admits
+    whatever finds a free seat. Once every seat is leased, refusals are immediate again."""
+    backend = await inst.make(settings(10, queue_capacity=2), block=1, linger=30.0)
+    permits: list[Permit] = []
+
+    async def one() -> None:
+        permits.append(await backend.acquire(NORMAL, 2.0))
+
+    with anyio.fail_after(5.0):
+        async with anyio.create_task_group() as tg:
+            for _ in range(10):
+                tg.start_soon(one)
+    assert len(permits) == 10 and backend.stats().rejected == 0
+    async with anyio.create_task_group() as tg:
+        waiters = [await arrive(tg, backend, NORMAL) for _ in range(2)]
+        calls = backend.counters["calls"]
+        with anyio.fail_after(0.5), pytest.raises(QueueFull):
+            await backend.acquire(NORMAL)
+        assert backend.counters["calls"] == calls  # all 10 leased: no call to refuse
+        release(permits)
+    assert all(w.permit is not None for w in waiters)
+    release([w.permit for w in waiters])
 
 
 async def test_system_overload_at_the_reject_threshold(inst: Instances) -> None:

@@ -10,6 +10,7 @@ backpressure_active_requests       observable gauge     {request}    lane
 backpressure_queued_requests       observable gauge     {request}    lane
 backpressure_concurrency_limit     observable gauge     {request}    -
 backpressure_degradation_mode      observable gauge     (none)       policy (1 on, 0 off)
+backpressure_backend_mode          observable gauge     (none)       mode (1 current, 0 other)
 backpressure_rejected_total        observable counter   {request}    lane, reason
 backpressure_admitted_total        observable counter   {request}    lane
 backpressure_wait_time_seconds     histogram            s            lane
@@ -40,7 +41,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics
 
@@ -51,7 +52,10 @@ from ._stats import GateStats
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
 
-__all__ = ["METER_NAME", "WAIT_BUCKETS", "DegradationSource", "GateMetrics"]
+__all__ = [
+    "BACKEND_MODES", "METER_NAME", "WAIT_BUCKETS", "BackendModeSource", "DegradationSource",
+    "GateMetrics",
+]  # fmt: skip
 
 METER_NAME = "lockgate"
 WAIT_BUCKETS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.5, 1.0, 3.0, 5.0)
@@ -59,6 +63,12 @@ WAIT_BUCKETS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.5, 1.0, 3.0, 5.0)
 
 DegradationSource = Callable[[], Mapping[str, bool | float]]
 """Returns ``{policy name: on?}`` when asked (at collection time)."""
+BackendModeSource = Callable[[], str]
+"""Returns the backend's mode (``RedisBackend.mode``) when asked (at collection time)."""
+BACKEND_MODES: tuple[str, ...] = ("global", "local", "open", "closed")
+"""The modes of ``backpressure_backend_mode``, each exported (0 or 1) once a backend has one:
+``global`` (Redis answers), the fallbacks ``local`` / ``open`` / ``closed`` while it does
+not, and ``closed`` once the backend is closed."""
 
 _LANES = tuple(Priority)
 _LANE_ATTRS = tuple({"lane": lane.label} for lane in _LANES)
@@ -81,9 +91,14 @@ class GateMetrics:
     from the global provider (a no-op until an SDK is configured, and it follows a provider
     set later). ``degradation`` reports which degradation modes are on, read at collection
     time; it can also be set afterwards (``gate.metrics.degradation = ...``).
+
+    ``backend_mode`` reports the backend's mode for ``backpressure_backend_mode``. Left
+    unset, it is the ``mode`` of the backend whose ``stats`` method is observed, when it has
+    one (``RedisBackend``: ``global``, ``local``, ``open``, ``closed``); the in-process
+    scheduler has no mode and the gauge then reports nothing.
     """
 
-    __slots__ = ("__weakref__", "_histogram", "degradation", "stats")
+    __slots__ = ("__weakref__", "_histogram", "backend_mode", "degradation", "stats")
 
     def __init__(
         self,
@@ -91,9 +106,15 @@ class GateMetrics:
         meter: Meter | None = None,
         *,
         degradation: DegradationSource | None = None,
+        backend_mode: BackendModeSource | None = None,
     ) -> None:
         self.stats = stats
         self.degradation = degradation
+        if backend_mode is None:
+            backend = getattr(stats, "__self__", None)  # gate.scheduler.stats, bound
+            if isinstance(getattr(type(backend), "mode", None), property):
+                backend_mode = _mode_of(backend)
+        self.backend_mode = backend_mode
         shared = _shared_instruments(meter if meter is not None else _get_default_meter())
         self._histogram = shared.wait_time
         shared.add(self)
@@ -107,6 +128,13 @@ class GateMetrics:
         with _lock:
             for shared in _instruments.values():
                 shared.discard(self)
+
+
+def _mode_of(backend: Any) -> BackendModeSource:
+    def mode() -> str:
+        return str(backend.mode)
+
+    return mode
 
 
 def _get_default_meter() -> Meter:
@@ -154,6 +182,11 @@ class _Instruments:
         gauge(
             "backpressure.degradation_mode", [self._degradation], "",
             "1 while a degradation policy is on, else 0.",
+        )  # fmt: skip
+        gauge(
+            "backpressure.backend_mode", [self._backend_mode], "",
+            "1 for the mode the gate's backend is in (global; fallbacks local, open, "
+            "closed), 0 for the others. Only for backends with modes (Redis).",
         )  # fmt: skip
         counter(
             "backpressure.rejected", [self._rejected], "{request}",
@@ -219,3 +252,17 @@ class _Instruments:
                 for policy, on in source.degradation().items():
                     modes[policy] = max(modes.get(policy, 0.0), float(on))
         return [metrics.Observation(on, {"policy": policy}) for policy, on in modes.items()]
+
+    def _backend_mode(self, options: CallbackOptions) -> Iterable[Observation]:
+        """Per mode, the number of observed gates whose backend is in it (1 or 0 with one
+        gate a process); nothing while no gate's backend has a mode."""
+        counts: dict[str, int] | None = None
+        for source in self._live():
+            if source.backend_mode is not None:
+                if counts is None:
+                    counts = dict.fromkeys(BACKEND_MODES, 0)
+                mode = source.backend_mode()
+                counts[mode] = counts.get(mode, 0) + 1
+        if counts is None:
+            return []
+        return [metrics.Observation(n, {"mode": mode}) for mode, n in counts.items()]

@@ -22,7 +22,7 @@ limits, so however the blocks are spread:
 seats (one script call for all its lanes and all its waiters, batched with whatever it gives
 back). Refused, it records its unserved waiters in Redis -- lane, age of the oldest, count --
 and the script then hands seats out in the in-process scheduler's order across every
-instance: lanes under their nominal share first, then by priority, then the oldest waiter.
+instance: guaranteed seats first, then by priority, then the oldest waiter.
 The instances hear about waiters and freed seats through one pub/sub subscription per
 process (the message carries the whole waiter registry) with a timer backstop at the nearest
 lease expiry; nobody polls per waiter. An instance that learns that another one waits ahead
@@ -129,12 +129,14 @@ class _Waiter:
 
 
 class _Planned(NamedTuple):
-    """One script call: its arguments, and what it may lease and give back."""
+    """One script call: its arguments, what it may lease and give back, and the arrivals
+    it asks seats for."""
 
     seq: int
     args: list[str]
     wanted: int
     release: list[str]
+    arrivals: tuple[_Waiter, ...] = ()
 
 
 class _Fallback(PriorityScheduler):
@@ -261,6 +263,9 @@ class RedisBackend(LaneQueues[_Waiter]):
         self._low_water = [0, 0, 0, 0]  # fewest idle seats during the current linger window
         self._prefetch = [False, False, False, False]
         self._returns: list[str] = []  # "<lane>|<seat>" to give back at the next call
+        # Newcomers the local queue would refuse while Redis may still have a seat for them:
+        # they wait for the answer to one call (not counted as waiters, see ``_arrive``).
+        self._arrivals: list[_Waiter] = []
         self._limbo: list[str] = []  # seats Redis may hold for us, to give back when it answers
         self._seq = 0
 
@@ -314,6 +319,7 @@ class RedisBackend(LaneQueues[_Waiter]):
         self._client: aioredis.Redis | None = None
         self._script: Any = None
         self._wake = asyncio.Event()
+        self._parked = asyncio.Event()  # the Redis task waits for news (set while it does)
         self._tasks: list[asyncio.Task[None]] = []
         self._inline: set[asyncio.Task[None]] = set()
         self._starting: asyncio.Event | None = None
@@ -338,6 +344,34 @@ class RedisBackend(LaneQueues[_Waiter]):
     def seats(self) -> tuple[LaneSeats, ...]:
         """Nominal / guaranteed / max seats per lane under the global limit."""
         return self._seats
+
+    def set_limit(self, limit: int) -> None:
+        """Change ``C``, as ``PriorityScheduler.set_limit`` does: lane seats are
+        re-apportioned, waiters get the seats that appeared (with the next call), and holders
+        above a lowered limit keep their seats while nobody new is admitted until the seats
+        in use are back under it.
+
+        The script enforces the ``C`` the calling instance sends: give every instance the
+        same limit (as with every other setting), or they enforce their own.
+        """
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        self._limit = limit
+        self._seats = lane_seats(limit, self._lanes)
+        self._static_args[2] = str(limit)
+        self._lane_args = [
+            *(str(s.guaranteed) for s in self._seats),
+            *(str(s.nominal) for s in self._seats),
+            *(str(s.max) for s in self._seats),
+        ]
+        self._reject_threshold = (
+            self.settings.reject_threshold
+            if self.settings.reject_threshold is not None
+            else limit + self._queue_capacity
+        )
+        instances = self.expected_instances or max(1, self.instances_seen)
+        self._local.set_limit(math.ceil(limit / instances))
+        self._wake.set()  # waiters may get the new seats; a lowered limit is learnt
 
     @property
     def mode(self) -> Mode:
@@ -417,6 +451,12 @@ class RedisBackend(LaneQueues[_Waiter]):
                 if self.discipline.predicted_wait(ahead, self._share()) > slack:
                     self._reject_arrival(lane, RejectReason.DEADLINE_UNREACHABLE)
             first = False
+            if self._fastpath and self._may_find_a_seat(lane):
+                permit = await self._arrive(lane)
+                if permit is not None:
+                    return permit
+                if self._mode != "global":
+                    continue
             waiter = self._enqueue(lane)
             self._wake.set()
             try:
@@ -492,6 +532,22 @@ class RedisBackend(LaneQueues[_Waiter]):
         if permit.since is not None and sample:
             self.discipline.record_service(permit.lane, self._clock.now() - permit.since)
         self._free_seat(permit.lane)
+
+    @property
+    def quiet(self) -> bool:
+        """Is the Redis task waiting for news, with nothing to send and no call in flight?
+        (Waiters that Redis refused may still be queued: they wait for seats to come back.)"""
+        return self._parked.is_set() and not self._wake.is_set() and not self._inline
+
+    async def settled(self) -> None:
+        """Return once the backend is ``quiet``: every release, return and request for seats
+        made so far has been through Redis and its answer applied. For tests, which need a
+        deterministic point to look at the state; returns at once when not started."""
+        while self._tasks and not self._closed and not self.quiet:
+            if self._parked.is_set():  # woken, but the task has not run yet
+                await asyncio.sleep(0)
+            else:
+                await self._parked.wait()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -606,14 +662,80 @@ class RedisBackend(LaneQueues[_Waiter]):
         self.record_rejection(lane, reason)
         raise _REJECTIONS[reason]()
 
+    def _may_find_a_seat(self, lane: Priority) -> bool:
+        """Would the local queue refuse a newcomer of ``lane`` (queue or lane queue full,
+        reject threshold) while Redis may still have a free seat for it?
+
+        The in-process scheduler applies those limits only to requests that must wait, and a
+        request here must wait only once Redis has no seat for it: an instance whose pool is
+        empty (at start-up, after an idle ``linger``) must not refuse a burst larger than its
+        queue while the global seats are free."""
+        limit = self._queue_limits[lane]
+        queued = self._queued_total
+        refuse = (
+            queued >= self._queue_capacity
+            or (limit is not None and self._queued[lane] >= limit)
+            or self._in_flight() + queued >= self._reject_threshold
+        )
+        return refuse and (self.leased_globally < self._limit or any(self._idle))
+
+    async def _arrive(self, lane: Priority) -> Permit | None:
+        """Ask Redis for a seat for a newcomer with the next call (batched with everything
+        else); ``None`` when it has none (the caller then applies the queue's rules), the mode
+        changed, or no answer came within two command timeouts."""
+        waiter = _Waiter(lane, self._clock.now())
+        self._arrivals.append(waiter)
+        self._wake.set()
+        try:
+            with anyio.move_on_after(2 * self.command_timeout + 0.01):
+                await waiter.event.wait()
+        except BaseException:
+            if waiter.state == _GRANTED:
+                assert waiter.permit is not None
+                waiter.permit.release()
+            self._forget_arrival(waiter)
+            raise
+        if waiter.state == _GRANTED:
+            assert waiter.permit is not None
+            return waiter.permit
+        self._forget_arrival(waiter)
+        return None
+
+    def _forget_arrival(self, waiter: _Waiter) -> None:
+        waiter.state = _GONE
+        with contextlib.suppress(ValueError):
+            self._arrivals.remove(waiter)
+
+    def _seat_arrivals(self, arrivals: tuple[_Waiter, ...], granted: list[int]) -> None:
+        """Seat the arrivals a call asked for from their lanes' idle seats (those it granted,
+        or any a lane that no waiter is ahead of has); answer the others: no seat."""
+        now = self._clock.now()
+        for waiter in arrivals:
+            if waiter.state != _WAITING:
+                continue
+            lane = waiter.lane
+            idle = self._idle[lane]
+            if idle and (granted[lane] or not self._blocked[lane]) and not self._queued[lane]:
+                self._busy[lane].append(idle.pop())
+                self._admitted[lane] += 1
+                waited = now - waiter.enqueued
+                self._wait_sum += waited
+                waiter.permit = Permit(self, lane, waited, now, self._in_flight())
+                waiter.state = _GRANTED
+            else:
+                waiter.state = _GONE
+            waiter.event.set()
+
     def _dequeued(self, lane: Priority, served: bool = False) -> None:
         self._queued_total -= 1
         self._queued[lane] -= 1
         if not self._queued[lane]:
             self.discipline.queue_emptied(lane, self._clock.now(), served)
             self._refresh_blocked()
-            if self._registered[lane]:
-                self._wake.set()  # take our waiters out of the registry
+            if self._registered[lane] or any(
+                q and i for q, i in zip(self._queued, self._idle, strict=True)
+            ):
+                self._wake.set()  # take our waiters out of the registry; serve the lanes below
 
     def _turn_away(self, waiter: _Waiter, reason: RejectReason) -> None:
         self._dequeued(waiter.lane)
@@ -638,7 +760,11 @@ class RedisBackend(LaneQueues[_Waiter]):
         return None  # pragma: no cover - queued > 0 means a live waiter exists
 
     def _move_waiters(self) -> None:
-        """Send every waiter back to ``acquire`` to wait in the new mode."""
+        """Send every waiter (and arrival) back to ``acquire`` to wait in the new mode."""
+        arrivals, self._arrivals = self._arrivals, []
+        for waiter in arrivals:
+            waiter.state = _MOVED
+            waiter.event.set()
         for lane in _LANES:
             while self._queued[lane]:
                 waiter = self._pop(lane, newest=False)
@@ -677,9 +803,15 @@ class RedisBackend(LaneQueues[_Waiter]):
             return
         idle = self._idle[lane]
         idle.append(busy.pop())
+        if max(self.leased_globally, sum(self.leased)) > self._limit:
+            self._give_back(lane)  # over a lowered limit: the seat is gone, not handed on
+            return
         if self._queued[lane] and not self._yield[lane]:
             self._serve(lane)
-        if idle and (self._yield[lane] or self._hold_none):
+        # A seat our own waiters of another lane could use goes back at once, and they ask
+        # for it in the same call: the in-process hand-off, one round trip late. (Kept idle,
+        # it would wait for the end of the linger window while they wait for a seat.)
+        if idle and (self._yield[lane] or self._hold_none or self._queued_total):
             self._give_back(lane)
 
     def _serve(self, lane: Priority) -> None:
@@ -762,6 +894,7 @@ class RedisBackend(LaneQueues[_Waiter]):
         renew: list[str],
         leaving: bool = False,
         ages: list[int] | None = None,
+        arrivals: tuple[_Waiter, ...] = (),
     ) -> _Planned:
         seq = self._seq
         wanted = sum(want)
@@ -772,7 +905,7 @@ class RedisBackend(LaneQueues[_Waiter]):
             *map(str, want), *map(str, need), *map(str, ages or [0, 0, 0, 0]),
             str(len(release)), *release, str(len(renew)), *renew,
         ]  # fmt: skip
-        return _Planned(seq, args, wanted, release)
+        return _Planned(seq, args, wanted, release, arrivals)
 
     async def _call(self, planned: _Planned) -> list[Any]:
         """Run the script, at most ``command_timeout``. On failure (or cancellation) the
@@ -803,13 +936,29 @@ class RedisBackend(LaneQueues[_Waiter]):
             else:
                 owed_lane[other_lane] += other_want
         eligible_waiting = any(eligible for *_, eligible in self._others)
-        waiting = [bool(self._queued[lane] or self._debt[lane]) for lane in _LANES]
+        for lane in _LANES:  # idle seats no longer held back from their lane's waiters
+            if self._queued[lane] and self._idle[lane] and not self._blocked[lane]:
+                self._serve(lane)
+        arrivals = tuple(w for w in self._arrivals if w.state == _WAITING)
+        self._arrivals = []
+        arriving = [0, 0, 0, 0]
+        for waiter in arrivals:
+            arriving[waiter.lane] += 1
+        waiting = [
+            bool(self._queued[lane] or self._debt[lane] or arriving[lane]) for lane in _LANES
+        ]
         want, need, ages = [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]
         now = self._clock.now()
         for lane in reversed(_LANES):  # idle seats go back from the lowest lane up
             idle = self._idle[lane]
             if any(waiting) and not waiting[lane]:
                 give = len(idle)  # our own waiters of another lane need the room
+            elif self._queued[lane] and not self._yield[lane]:
+                # Our waiters of a higher lane keep this lane's waiters off its idle seats
+                # (no queue-jumping), but those seats may be this lane's guaranteed ones,
+                # which the higher lane cannot have: Redis decides, as the in-process
+                # scheduler would, whom they serve.
+                give = len(idle)
             else:
                 give = min(owed_lane[lane] + owed_any, len(idle))
                 owed_any -= max(0, give - owed_lane[lane])
@@ -818,8 +967,13 @@ class RedisBackend(LaneQueues[_Waiter]):
                 self._low_water[lane] = min(self._low_water[lane], len(idle))
             need[lane] = self._queued[lane] + self._debt[lane]
             contended = eligible_waiting or owed_lane[lane] > 0  # no prefetch ahead of them
-            prefetch = (self._prefetch[lane] or need[lane]) and not contended
-            want[lane] = need[lane] + (self._block if prefetch and not self._hold_none else 0)
+            prefetch = (self._prefetch[lane] or need[lane] or arriving[lane]) and not contended
+            # Arrivals are asked for like a prefetch (behind every waiter anywhere): they
+            # are newcomers, not waiters.
+            want[lane] = (
+                need[lane] + arriving[lane]
+                + (self._block if prefetch and not self._hold_none else 0)
+            )  # fmt: skip
             self._prefetch[lane] = False
             if self._debt[lane]:
                 ages[lane] = _DEBT_AGE_MS
@@ -833,10 +987,11 @@ class RedisBackend(LaneQueues[_Waiter]):
                 renewals.extend(f"{lane}|{seat}" for seat in self._busy[lane])
         if not (release or renewals or any(want) or any(self._registered)):
             return None
-        return self._sync_args(want, need, release, renewals, ages=ages)
+        return self._sync_args(want, need, release, renewals, ages=ages, arrivals=arrivals)
 
-    def _apply(self, seq: int, result: list[Any]) -> None:
-        """Take in a script's answer: granted seats, lost leases, the waiter registry."""
+    def _apply(self, seq: int, result: list[Any], arrivals: tuple[_Waiter, ...] = ()) -> None:
+        """Take in a script's answer: granted seats, lost leases, the waiter registry; seat
+        the arrivals it asked for (after the lanes' waiters)."""
         granted = [int(n) for n in result[:4]]
         for item in result[4]:
             self._lose(int(item[0]), item[2:])
@@ -851,7 +1006,9 @@ class RedisBackend(LaneQueues[_Waiter]):
             self._idle[lane].extend(seats)
             self._cover(lane)
             self._serve(lane)
-            if self._idle[lane] and (self._yield[lane] or self._hold_none):
+        self._seat_arrivals(arrivals, granted)
+        for lane in _LANES:
+            if granted[lane] and self._idle[lane] and (self._yield[lane] or self._hold_none):
                 self._give_back(lane)
         unmet = any(self._queued) or any(self._debt)
         nearest = int(result[6])
@@ -947,9 +1104,13 @@ class RedisBackend(LaneQueues[_Waiter]):
             if self._mode != "global":
                 wake_at = min(wake_at, self._next_probe)
             if not self._wake.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout_at(wake_at):
-                        await self._wake.wait()
+                self._parked.set()
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout_at(wake_at):
+                            await self._wake.wait()
+                finally:
+                    self._parked.clear()
             self._wake.clear()
             now = loop.time()
             beat = now >= next_beat
@@ -974,12 +1135,18 @@ class RedisBackend(LaneQueues[_Waiter]):
         if planned is None:
             return
         try:
-            result = await self._call(planned)
-        except _REDIS_ERRORS as exc:
-            self._degrade(exc)
-            return
-        if self._mode == "global":
-            self._apply(planned.seq, result)
+            try:
+                result = await self._call(planned)
+            except _REDIS_ERRORS as exc:
+                self._degrade(exc)
+                return
+            if self._mode == "global":
+                self._apply(planned.seq, result, planned.arrivals)
+        finally:  # arrivals not seated (a failure, a mode change): no seat from this call
+            for waiter in planned.arrivals:
+                if waiter.state == _WAITING:
+                    waiter.state = _GONE
+                    waiter.event.set()
 
     def _close_window(self) -> None:
         """Seats idle through the whole window go back to Redis."""

@@ -95,11 +95,10 @@ end
 
 -- Seats owed to other instances' waiters served before a request of lane i whose oldest
 -- waiter arrived at `since` (nil: no waiter, a prefetch, served after everyone). The order is
--- the in-process scheduler's hand-off order: lanes under their nominal share first (repay
--- before lend), then by priority, then the oldest waiter. Seats under a lane's guarantee
--- and lanes at their Max are not owed against the free seats.
+-- the in-process scheduler's hand-off order above the guarantees: by priority, then the
+-- oldest waiter. Seats under a lane's guarantee and lanes at their Max are not owed against
+-- the free seats.
 local function owed(i, since)
-  local mine_class = (u[i] < N[i]) and 0 or 1
   local total = 0
   for _, e in ipairs(others) do
     local j = e.lane
@@ -107,15 +106,10 @@ local function owed(i, since)
       local ahead
       if since == nil then
         ahead = true
+      elseif j ~= i then
+        ahead = j < i
       else
-        local class = (u[j] < N[j]) and 0 or 1
-        if class ~= mine_class then
-          ahead = class < mine_class
-        elseif j ~= i then
-          ahead = j < i
-        else
-          ahead = e.since < since or (e.since == since and e.who < inst)
-        end
+        ahead = e.since < since or (e.since == since and e.who < inst)
       end
       if ahead then
         total = total + math.max(0, math.min(e.want, M[j] - u[j]) - math.max(0, G[j] - u[j]))
@@ -124,7 +118,6 @@ local function owed(i, since)
   end
   return total
 end
-
 local granted = {0, 0, 0, 0}
 local function grant(i)
   if u[i] >= G[i] then occupied = occupied + 1 end
@@ -132,18 +125,22 @@ local function grant(i)
   granted[i] = granted[i] + 1
 end
 
--- 5. Grant: guaranteed seats (no other lane ever uses them, I3), then seats within the
---    nominal share, then borrowed seats, each in priority order; never past Max (I2) nor past
---    C counting the seats owed to waiters ahead (I1).
+-- 5. Grant: guaranteed seats (no other lane ever uses them, I3), then the rest by priority
+--    (as in-process: above the guarantees seats go by priority, decisions.md #1); never past
+--    Max (I2) nor past C counting the seats owed to waiters ahead (I1). Seats for waiters
+--    (need) of every lane first, then the rest of want (a block beyond the need): a block for
+--    one lane must not take the last free seats from a waiter of a lower lane.
 for i = 1, 4 do
   while granted[i] < want[i] and u[i] < G[i] do grant(i) end
 end
-for pass = 0, 1 do
+for phase = 0, 1 do
   for i = 1, 4 do
+    local upto = want[i]
+    if phase == 0 then upto = math.min(want[i], need[i]) end
     local since = nil
     if need[i] > 0 then since = now - age[i] end
     local owed_waiters, owed_prefetch = nil, nil
-    while granted[i] < want[i] and u[i] < M[i] and ((pass == 0) == (u[i] < N[i])) do
+    while granted[i] < upto and u[i] < M[i] do
       local debt
       if granted[i] < need[i] then
         owed_waiters = owed_waiters or owed(i, since)
