@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/lockgate demo
+	$(BIN)/lockgate demo --report demo-report.html
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples

@@ -50,7 +50,6 @@ import math
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -58,13 +57,16 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import lockgate.limits
-from loadgen import OVERFLOW, TIMEOUT, Spec, rate_at
+from loadgen import OVERFLOW, Results, Spec, rate_at
 from lockgate import Gate, Priority, PriorityScheduler
+from lockgate.demo._measure import Stats, goodput, percentile, tally
+from lockgate.demo._scenarios import Scenario as LoadShape
+from lockgate.demo._server import free_port, wait_healthy
 from sample_service import (
     ENV_VAR,
     ROUTES,
@@ -78,8 +80,6 @@ HERE = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
 POOL = 20
 CAPACITY = POOL / mean_service_time()
-GOOD_WITHIN = 5.0
-"""A response counts toward goodput when it completes within this many service times."""
 CLIENT_TIMEOUT = 10.0
 MAX_CONNECTIONS = 4000
 UVICORN_BACKLOG = 200
@@ -143,15 +143,9 @@ T3_LIGHT = ("lockgate@200", "lockgate@200-aimd", "lockgate@200-gradient2")
 
 
 @dataclass(frozen=True, slots=True)
-class Scenario:
+class Scenario(LoadShape):
     """A load shape (multiples of capacity over time) and the variants it runs against."""
 
-    name: str
-    title: str
-    shape: tuple[tuple[float, float], ...]
-    """Breakpoints ``(seconds, x capacity)``, linear in between."""
-    window: tuple[float, float]
-    """The measured part of the run (seconds); before it is warm-up."""
     variants: tuple[str, ...]
     series: bool = False
     spike: tuple[float, float] | None = None
@@ -159,7 +153,7 @@ class Scenario:
 
     @property
     def schedule(self) -> list[tuple[float, float]]:
-        return [(t, x * CAPACITY) for t, x in self.shape]
+        return self.rates(CAPACITY)
 
 
 def scenarios(duration: float, quick: bool) -> dict[str, Scenario]:
@@ -222,13 +216,6 @@ def launcher(core: int, nice: int) -> list[str]:
     return cmd
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @dataclass(slots=True)
 class Server:
     """A running uvicorn serving one variant."""
@@ -266,7 +253,7 @@ def serve(variant: Variant, nice: int) -> Iterator[Server]:
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            _wait_healthy(port, proc, log)
+            wait_healthy(port, proc, log)
             yield Server(proc, port)
         finally:
             proc.terminate()
@@ -275,22 +262,6 @@ def serve(variant: Variant, nice: int) -> Iterator[Server]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-
-
-def _wait_healthy(port: int, proc: subprocess.Popen[bytes], log: IO[bytes]) -> None:
-    deadline = time.monotonic() + 15.0
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            raise RuntimeError(f"server exited:\n{log.read().decode(errors='replace')}")
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            conn = http.client.HTTPConnection(HOST, port, timeout=1)
-            conn.request("GET", "/health")
-            if conn.getresponse().status == 200:
-                conn.close()
-                return
-        time.sleep(0.05)
-    raise RuntimeError("server did not answer /health within 15 s")
 
 
 class StatusPoller(threading.Thread):
@@ -328,58 +299,6 @@ def run_loadgen(spec: Spec, nice: int) -> dict[str, Any]:
 
 
 @dataclass(slots=True)
-class Stats:
-    """What happened to the requests of one lane (or all) in one time window."""
-
-    sent: int = 0
-    ok: int = 0
-    shed: int = 0
-    timeouts: int = 0
-    errors: int = 0
-    overflow: int = 0
-    ok_latency: list[float] = field(default_factory=list)
-    shed_latency: list[float] = field(default_factory=list)
-
-    def add(self, status: int, latency: float) -> None:
-        if status == OVERFLOW:
-            self.overflow += 1
-            return
-        self.sent += 1
-        if status == 200:
-            self.ok += 1
-            self.ok_latency.append(latency)
-        elif status == 503:
-            self.shed += 1
-            self.shed_latency.append(latency)
-        elif status == TIMEOUT:
-            self.timeouts += 1
-        else:
-            self.errors += 1
-
-    def pct(self, q: float) -> float:
-        return percentile(self.ok_latency, q)
-
-    def summary(self, goodput: float, unloaded: float) -> dict[str, float]:
-        return {
-            "sent": self.sent, "ok": self.ok, "shed": self.shed, "timeouts": self.timeouts,
-            "errors": self.errors, "overflow": self.overflow,
-            "shed_pct": 100.0 * self.shed / self.sent if self.sent else 0.0,
-            "p50": self.pct(0.50), "p95": self.pct(0.95), "p99": self.pct(0.99),
-            "shed_p99": percentile(self.shed_latency, 0.99),
-            "goodput": goodput,
-            "unloaded_p50": unloaded,
-        }
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile; NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
-
-
-@dataclass(slots=True)
 class Run:
     """One variant under one scenario: raw results and the server-side observations."""
 
@@ -393,32 +312,11 @@ class Run:
 
     def stats(self, lo: float, hi: float) -> dict[str, Stats]:
         """Per lane and ``"all"``, for the requests scheduled in ``[lo, hi)``."""
-        out = {label: Stats() for label in (*LANES, "all")}
-        raw = self.raw
-        for route, t, latency, status in zip(
-            raw["route"], raw["sched"], raw["latency"], raw["status"], strict=True
-        ):
-            if lo <= t < hi:
-                out[LANES[route]].add(status, latency)
-                out["all"].add(status, latency)
-        return out
+        return tally(Results(**self.raw), ROUTES, lo, hi)
 
     def goodput(self, lo: float, hi: float) -> dict[str, float]:
-        """Per lane and ``"all"``: seat-time of the good responses *completed* in ``[lo, hi)``
-        / the pool's seat-time over it. (By completion, not by scheduled time: under LIFO
-        the requests scheduled late in a window are served after it, which would count
-        seat-time from outside the window.)"""
-        good = dict.fromkeys((*LANES, "all"), 0.0)
-        raw = self.raw
-        for route, t, latency, status in zip(
-            raw["route"], raw["sched"], raw["latency"], raw["status"], strict=True
-        ):
-            service = ROUTES[route].service_time
-            if status == 200 and latency <= GOOD_WITHIN * service and lo <= t + latency < hi:
-                good[LANES[route]] += service
-                good["all"] += service
-        pool_seconds = self.variant.app.pool * (hi - lo)
-        return {label: seconds / pool_seconds for label, seconds in good.items()}
+        """Per lane and ``"all"``: DESIGN §11's goodput over ``[lo, hi)`` (``goodput``)."""
+        return goodput(Results(**self.raw), ROUTES, self.variant.app.pool, lo, hi)
 
     def lane_table(self, unloaded: dict[str, float]) -> dict[str, dict[str, float]]:
         lo, hi = self.scenario.window
