@@ -80,8 +80,9 @@ def run_demo(
 
 def _settings(options: Options) -> str:
     app = options.app("gated")
+    shares = ", ".join(f"{lane}={v['share']:g}" for lane, v in (app.lanes or {}).items())
     return (f"max_concurrent={app.seats}, queue_capacity={app.queue_capacity}, "
-            f"wait_timeout={app.wait_timeout:g}")
+            f"wait_timeout={app.wait_timeout:g}, lane shares {shares or 'default'}")
 
 
 def _lane_seats(options: Options) -> str:

@@ -40,11 +40,24 @@ class Options:
 
     def app(self, variant: str) -> AppConfig:
         """The server of ``variant``: gated with the benchmarks' settings scaled to the pool
-        (queue 10 x seats, 3 s wait timeout)."""
+        (queue 10 x seats, 3 s wait timeout) and lane shares sized to the service's traffic
+        (``DEMO_LANES``), as its operator would set them."""
         if variant == "unprotected":
             return AppConfig("bare", pool=self.seats, seats=self.seats)
         return AppConfig("lockgate", pool=self.seats, seats=self.seats,
-                         queue_capacity=10 * self.seats, wait_timeout=3.0)  # fmt: skip
+                         queue_capacity=10 * self.seats, wait_timeout=3.0,
+                         lanes=DEMO_LANES)  # fmt: skip
+
+
+DEMO_LANES = {
+    "critical": {"share": 0.05},
+    "high": {"share": 0.25},
+    "normal": {"share": 0.40},
+    "low": {"share": 0.30},
+}
+"""Shares sized to the sample service's seat-time (batch is 10 % of the requests but about
+30 % of the DB time; internal calls keep one seat of 20 reserved). The defaults (10/40/40/10)
+would cap batch at 6 of 20 seats and shed some of it at 0.7x load."""
 
 
 @dataclass(frozen=True, slots=True)

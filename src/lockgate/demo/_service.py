@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from .._classifier import Rule, RuleClassifier
 from .._gate import Gate
 from .._lanes import Priority
-from .._settings import GateSettings
+from .._settings import GateSettings, LanesSettings
 from .._types import ASGIApp, Receive, Scope, Send
 
 __all__ = [
@@ -95,6 +95,8 @@ class AppConfig:
     queue_capacity: int = 200
     wait_timeout: float = 3.0
     limit: str = "fixed"
+    lanes: dict[str, dict[str, float]] | None = None
+    """Lane settings over the defaults (``{"low": {"share": 0.3}}``); ``None``: the defaults."""
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -104,12 +106,13 @@ class AppConfig:
         return cls(**json.loads(os.environ.get(name, "{}")))
 
     def gate_settings(self) -> GateSettings:
-        """The lockgate settings of this config (defaults apart from size and limit)."""
+        """The lockgate settings of this config (defaults apart from size, limit, lanes)."""
         return GateSettings(
             max_concurrent=self.seats,
             queue_capacity=self.queue_capacity,
             wait_timeout=self.wait_timeout,
             limit=self.limit,
+            lanes=LanesSettings.model_validate(self.lanes or {}),
         )
 
 
