@@ -588,7 +588,12 @@ def main() -> None:
                         help="run server and load generator at nice -N (root): less noise "
                         "from other processes on a shared machine")
     parser.add_argument("--json", type=Path, help="write raw results and tables here")
+    parser.add_argument("--service-jitter", type=float, default=0.0, metavar="F",
+                        help="vary each service time uniformly by up to +-F (0.1 = 10 %%; "
+                        "default 0: exact sleeps, which phase-lock on uvloop)")
     args = parser.parse_args()
+    if not 0.0 <= args.service_jitter < 1.0:
+        parser.error("--service-jitter must be in [0, 1)")
 
     info = machine()
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
@@ -596,7 +601,8 @@ def main() -> None:
         f"{r.lane.label} {r.method} {r.path} {r.weight:.0%} {1000 * r.service_time:.0f} ms"
         for r in ROUTES))
     print(f"capacity = {POOL} / {1000 * mean_service_time():.1f} ms = {CAPACITY:.1f} req/s; "
-          f"server on core 0, load generator on core 1; client timeout {CLIENT_TIMEOUT:g} s")
+          f"server on core 0, load generator on core 1; client timeout {CLIENT_TIMEOUT:g} s; "
+          f"service times {f'+-{args.service_jitter:.0%}' if args.service_jitter else 'exact'}")
     report: dict[str, Any] = {"machine": info, "capacity": CAPACITY, "runs": [], "skipped": {}}
     if args.scenario == "calibrate":
         report["calibrate"] = calibrate(args.quick, args.nice)
@@ -628,6 +634,7 @@ def main() -> None:
         runs: list[Run] = []
         for vname in names:
             variant = VARIANTS[vname]
+            variant = replace(variant, app=replace(variant.app, jitter=args.service_jitter))
             reason = unavailable(variant)
             if reason is not None:
                 print(f"{vname}: skipped: {reason}")

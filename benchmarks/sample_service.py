@@ -35,8 +35,9 @@ def build_app(config: AppConfig) -> ASGIApp:
     if config.kind != "naive":
         return _build_demo_app(config)
     return NaiveGate(
-        SampleService(config.pool), config.seats, queue_capacity=config.queue_capacity,
-        wait_timeout=config.wait_timeout, bypass_paths=(HEALTH_PATH,),
+        SampleService(config.pool, jitter=config.jitter), config.seats,
+        queue_capacity=config.queue_capacity, wait_timeout=config.wait_timeout,
+        bypass_paths=(HEALTH_PATH,),
     )  # fmt: skip
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import lockgate
 import lockgate.backends
 import lockgate.degrade
+import lockgate.demo
 import lockgate.limits
 import lockgate.testing
 
@@ -48,6 +49,7 @@ def test_design_contract_imports() -> None:
 
 def test_submodule_exports() -> None:
     """Public submodules list what they offer, and all of it exists."""
-    for module in (lockgate.limits, lockgate.testing, lockgate.degrade, lockgate.backends):
+    for module in (lockgate.limits, lockgate.testing, lockgate.degrade, lockgate.backends,
+                   lockgate.demo):
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name}"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 from dataclasses import asdict, dataclass
 
 from .._classifier import Rule, RuleClassifier
@@ -97,6 +98,8 @@ class AppConfig:
     limit: str = "fixed"
     lanes: dict[str, dict[str, float]] | None = None
     """Lane settings over the defaults (``{"low": {"share": 0.3}}``); ``None``: the defaults."""
+    jitter: float = 0.0
+    """Each service time varies uniformly by up to +- this fraction (0: exact sleeps)."""
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -119,9 +122,15 @@ class AppConfig:
 class SampleService:
     """The bare service: every route of ``DEMO_ROUTES`` served through a pool of ``pool``."""
 
-    def __init__(self, pool: int = 20, routes: tuple[Route, ...] = DEMO_ROUTES) -> None:
+    def __init__(
+        self, pool: int = 20, routes: tuple[Route, ...] = DEMO_ROUTES, jitter: float = 0.0
+    ) -> None:
+        """``jitter``: vary each service time uniformly by up to +- this fraction. Exact
+        sleeps phase-lock on uvloop (its clock ticks in whole milliseconds, so seats released
+        together restart together for ever); real queries vary."""
         self.pool = asyncio.Semaphore(pool)
         self.service_times = {(r.method, r.path): r.service_time for r in routes}
+        self.jitter = jitter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -139,6 +148,8 @@ class SampleService:
             return
         while (await receive()).get("more_body", False):
             pass
+        if self.jitter:
+            service_time *= 1.0 + self.jitter * (2.0 * random.random() - 1.0)
         async with self.pool:
             await asyncio.sleep(service_time)
         await _respond(send, 200, b'{"success":true,"data":{"id":42}}')
@@ -146,7 +157,7 @@ class SampleService:
 
 def build_app(config: AppConfig) -> ASGIApp:
     """The sample service, bare or behind ``lockgate.Gate``."""
-    app = SampleService(config.pool)
+    app = SampleService(config.pool, jitter=config.jitter)
     if config.kind == "bare":
         return app
     if config.kind == "lockgate":
