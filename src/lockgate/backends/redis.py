@@ -228,6 +228,7 @@ class RedisBackend(LaneQueues[_Waiter]):
 
         limit = settings.max_concurrent
         self._limit = limit
+        self._shrinking = False  # the limit was lowered and seats may be over it
         self._lanes = settings.lanes.ordered()
         self._seats: tuple[LaneSeats, ...] = lane_seats(limit, self._lanes)
         instances = expected_instances or 1
@@ -356,6 +357,7 @@ class RedisBackend(LaneQueues[_Waiter]):
         """
         if limit < 1:
             raise ValueError("limit must be >= 1")
+        self._shrinking = self._shrinking or limit < self._limit
         self._limit = limit
         self._seats = lane_seats(limit, self._lanes)
         self._static_args[2] = str(limit)
@@ -803,9 +805,11 @@ class RedisBackend(LaneQueues[_Waiter]):
             return
         idle = self._idle[lane]
         idle.append(busy.pop())
-        if max(self.leased_globally, sum(self.leased)) > self._limit:
-            self._give_back(lane)  # over a lowered limit: the seat is gone, not handed on
-            return
+        if self._shrinking:  # since the limit was lowered; the fast path skips the sums
+            if max(self.leased_globally, sum(self.leased)) > self._limit:
+                self._give_back(lane)  # over the lowered limit: the seat is gone, not handed on
+                return
+            self._shrinking = False
         if self._queued[lane] and not self._yield[lane]:
             self._serve(lane)
         # A seat our own waiters of another lane could use goes back at once, and they ask
