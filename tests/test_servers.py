@@ -416,6 +416,7 @@ async def test_client_disconnect_while_queued_leaves_no_trace(serve: ServeFactor
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("serve", ["uvicorn"], indirect=True)
 async def test_queued_expect_100_continue_gets_no_continue_before_its_503(
     serve: ServeFactory,
 ) -> None:
@@ -424,8 +425,6 @@ async def test_queued_expect_100_continue_gets_no_continue_before_its_503(
     that ends in a 503 costs the client no upload. (Hypercorn answers ``100 Continue`` on
     its own as soon as the headers arrive, before any app sees the request: uvicorn only.)"""
     served = serve(max_concurrent=1, queue_capacity=4, wait_timeout=0.3, target_wait=None)
-    if served.server.kind != "uvicorn":
-        pytest.skip("hypercorn sends 100 Continue itself before the app runs")
     async with client(served) as c:
         holder = asyncio.create_task(c.get("/block/holder"))
         await served.wait_stats(active=1, queued=0)
