@@ -697,6 +697,7 @@ async def test_cancelled_then_granted_in_the_same_instant_passes_the_seat_on(
     assert second.permit is not None, "the seat granted to a cancelled waiter was lost"
     stats = scheduler.stats()
     assert (stats.active, stats.queued) == (1, 0)
+    assert stats.admitted == 2  # `held` and `second`: the seat passed on is no admission
     second.permit.release()
     assert scheduler.stats().active == 0
 

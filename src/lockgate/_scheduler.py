@@ -328,6 +328,7 @@ class PriorityScheduler(LaneQueues[_Waiter]):
         except BaseException:
             if waiter.state == _GRANTED:
                 assert waiter.permit is not None
+                self._unadmit(waiter.permit)
                 waiter.permit.release()
             elif waiter.state == _WAITING:
                 self._remove(waiter, _GONE)
@@ -341,6 +342,12 @@ class PriorityScheduler(LaneQueues[_Waiter]):
             self.record_rejection(lane, waiter.reason)
         assert waiter.reason is not None
         raise _REJECTIONS[waiter.reason]()
+
+    def _unadmit(self, permit: Permit) -> None:
+        """A seat granted to a waiter that was cancelled before it could use it: the seat is
+        passed on, and the admission is not counted."""
+        self._admitted[permit.lane] -= 1
+        self._wait_sum -= permit.waited
 
     def record_rejection(self, lane: Priority, reason: RejectReason) -> None:
         """Count a rejection decided elsewhere (e.g. by a degradation policy)."""

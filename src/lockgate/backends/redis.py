@@ -467,6 +467,7 @@ class RedisBackend(LaneQueues[_Waiter]):
             except BaseException:
                 if waiter.state == _GRANTED:
                     assert waiter.permit is not None
+                    self._unadmit(waiter.permit)
                     waiter.permit.release()
                 elif waiter.state == _WAITING:
                     self._remove(waiter, _GONE)
@@ -488,6 +489,12 @@ class RedisBackend(LaneQueues[_Waiter]):
         if self._mode == "local":
             return self._local.retry_after(lane)
         return self.discipline.retry_after(sum(self._queued[: lane + 1]), self._share())
+
+    def _unadmit(self, permit: Permit) -> None:
+        """A seat granted to a waiter that was cancelled before it could use it: the seat is
+        passed on, and the admission is not counted."""
+        self._admitted[permit.lane] -= 1
+        self._wait_sum -= permit.waited
 
     def record_rejection(self, lane: Priority, reason: RejectReason) -> None:
         counts = self._rejected[lane]
@@ -694,6 +701,7 @@ class RedisBackend(LaneQueues[_Waiter]):
         except BaseException:
             if waiter.state == _GRANTED:
                 assert waiter.permit is not None
+                self._unadmit(waiter.permit)
                 waiter.permit.release()
             self._forget_arrival(waiter)
             raise
