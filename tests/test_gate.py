@@ -239,6 +239,56 @@ async def test_app_exception_releases_the_seat_on_both_paths() -> None:
     assert (gate.stats().active, gate.stats().queued) == (0, 0)
 
 
+async def test_disconnect_in_the_instant_of_the_grant_passes_the_seat_on() -> None:
+    """The client leaves and its seat is granted in the same instant (the disconnect is seen
+    first): the seat goes to the next waiter, the leaver gets nothing, nothing leaks."""
+    app = HoldApp()
+    gate = gate_for(app, max_concurrent=1)
+    held = gate.scheduler.try_acquire(Priority.NORMAL)
+    assert held is not None
+    async with anyio.create_task_group() as tg:
+        leaving = Exchange(gate, path="/gone")
+        leaving.push_body(b"part-1", more=True)
+        tg.start_soon(leaving.run)
+        await wait_all_tasks_blocked()
+        after = await start(tg, gate, "/after")
+        assert gate.stats().queued == 2
+        leaving.disconnect()  # the watcher wakes first ...
+        held.release()  # ... and in the same instant the seat is granted to the leaver
+        await wait_all_tasks_blocked()
+        assert leaving.done and leaving.error is None and leaving.sent == []
+    assert after.status == 200
+    assert app.calls == ["/after"]
+    assert (gate.stats().active, gate.stats().queued) == (0, 0)
+
+
+async def test_an_outer_cancellation_is_not_swallowed_by_a_disconnect() -> None:
+    """A queued request whose client left *and* whose task is cancelled from outside (server
+    shutdown) still ends cancelled: the gate only absorbs its own cancellation."""
+    app = HoldApp()
+    gate = gate_for(app, max_concurrent=1)
+    held = gate.scheduler.try_acquire(Priority.NORMAL)
+    assert held is not None
+    leaving = Exchange(gate, path="/gone")
+    leaving.push_body()
+    finished = False
+    async with anyio.create_task_group() as tg:
+
+        async def run() -> None:
+            nonlocal finished
+            await leaving.run()
+            finished = True  # not reached: the outer cancellation must propagate
+
+        tg.start_soon(run)
+        await wait_all_tasks_blocked()
+        assert gate.stats().queued == 1
+        leaving.disconnect()
+        tg.cancel_scope.cancel()
+    assert not finished
+    held.release()
+    assert (gate.stats().active, gate.stats().queued) == (0, 0)
+
+
 async def test_cancellation_releases_seat_and_leaves_queue() -> None:
     """Cancelling a running request frees its seat; cancelling a queued one removes it."""
     app = HoldApp()
