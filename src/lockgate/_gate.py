@@ -280,11 +280,10 @@ class Gate:
 
         budget = self._budget(scope) if self._deadline_mode != "off" else None
         try:
-            if _get_running_loop() is not None:
+            task = asyncio.current_task() if _get_running_loop() is not None else None
+            if task is not None:
                 # asyncio: a plain task watches, and cancels this one on a disconnect (an
                 # anyio task group costs several times more, on every queued request).
-                task = asyncio.current_task()
-                assert task is not None
                 watcher = asyncio.ensure_future(watch(task.cancel))
                 try:
                     permit = await self.scheduler.acquire(lane, budget=budget)
