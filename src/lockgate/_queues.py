@@ -23,17 +23,29 @@ from ._discipline import QueueDiscipline
 from ._exceptions import RejectReason
 from ._lanes import Priority
 
-__all__ = ["WAITING", "LaneQueues"]
+__all__ = ["GRANTED", "WAITING", "LaneQueues"]
 
 WAITING = 0
 """The state of a waiter still in its queue (every other state means it left)."""
+GRANTED = 1
+"""The state of a waiter that left its queue with a seat (its ``permit``)."""
 _LANES = tuple(Priority)
+
+
+class _Seat(Protocol):
+    lane: Priority
+    waited: float
+
+    def release(self) -> None: ...
 
 
 class _Queued(Protocol):
     lane: Priority
     enqueued: float
     state: int
+
+    @property
+    def permit(self) -> _Seat | None: ...
 
 
 W = TypeVar("W", bound=_Queued)
@@ -43,6 +55,8 @@ class LaneQueues(ABC, Generic[W]):
     """Four lanes of waiters and the rules for taking them out. See the module docstring."""
 
     discipline: QueueDiscipline
+    _admitted: list[int]
+    _wait_sum: float
 
     def __init__(self) -> None:
         self._queues: list[deque[W]] = [deque() for _ in _LANES]
@@ -64,6 +78,15 @@ class LaneQueues(ABC, Generic[W]):
     @abstractmethod
     def _guarantee(self, lane: Priority) -> int:
         """Seats guaranteed to ``lane``."""
+
+    def _pass_on(self, waiter: W) -> None:
+        """For a waiter cancelled in the instant it was granted a seat: the seat is passed
+        on, and the admission is not counted. (No-op for a waiter granted nothing.)"""
+        permit = waiter.permit
+        if waiter.state == GRANTED and permit is not None:
+            self._admitted[permit.lane] -= 1
+            self._wait_sum -= permit.waited
+            permit.release()
 
     def _pop(self, lane: Priority, newest: bool) -> W:
         """The oldest (FIFO) or newest (LIFO) live waiter of a lane that has one."""

@@ -50,7 +50,7 @@ from ._exceptions import (
     SystemOverload,
 )
 from ._lanes import LaneSeats, Priority, lane_seats
-from ._queues import WAITING, LaneQueues
+from ._queues import GRANTED, WAITING, LaneQueues
 from ._settings import GateSettings, LaneSettings, LanesSettings
 from ._stats import GateStats, LaneStats
 from .limits import FixedLimit, Limit, make_limit
@@ -58,7 +58,7 @@ from .limits import FixedLimit, Limit, make_limit
 __all__ = ["Permit", "PriorityScheduler"]
 
 _LANES = tuple(Priority)
-_WAITING, _GRANTED, _GONE = WAITING, 1, 2
+_WAITING, _GRANTED, _GONE = WAITING, GRANTED, 2
 SAMPLE_EVERY = 4
 """One permit in this many admitted at once is timed (waiters always are)."""
 _REJECTIONS: dict[RejectReason, type[Rejected]] = {
@@ -326,11 +326,8 @@ class PriorityScheduler(LaneQueues[_Waiter]):
                 with self._clock.deadline_scope(deadline):
                     await waiter.wake.wait()
         except BaseException:
-            if waiter.state == _GRANTED:
-                assert waiter.permit is not None
-                self._unadmit(waiter.permit)
-                waiter.permit.release()
-            elif waiter.state == _WAITING:
+            self._pass_on(waiter)
+            if waiter.state == _WAITING:
                 self._remove(waiter, _GONE)
             raise
         if waiter.state == _GRANTED:
@@ -342,12 +339,6 @@ class PriorityScheduler(LaneQueues[_Waiter]):
             self.record_rejection(lane, waiter.reason)
         assert waiter.reason is not None
         raise _REJECTIONS[waiter.reason]()
-
-    def _unadmit(self, permit: Permit) -> None:
-        """A seat granted to a waiter that was cancelled before it could use it: the seat is
-        passed on, and the admission is not counted."""
-        self._admitted[permit.lane] -= 1
-        self._wait_sum -= permit.waited
 
     def record_rejection(self, lane: Priority, reason: RejectReason) -> None:
         """Count a rejection decided elsewhere (e.g. by a degradation policy)."""

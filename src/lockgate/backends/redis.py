@@ -77,7 +77,7 @@ from .._exceptions import (
     SystemOverload,
 )
 from .._lanes import LaneSeats, Priority, lane_seats
-from .._queues import WAITING, LaneQueues
+from .._queues import GRANTED, WAITING, LaneQueues
 from .._scheduler import Permit, PriorityScheduler
 from .._settings import GateSettings
 from .._stats import GateStats, LaneStats
@@ -100,7 +100,7 @@ Mode = Literal["global", "local", "open", "closed"]
 ErrorPolicy = Literal["local", "open", "closed"]
 
 _LANES: Final = tuple(Priority)
-_WAITING, _GRANTED, _GONE, _MOVED = WAITING, 1, 2, 3
+_WAITING, _GRANTED, _GONE, _MOVED = WAITING, GRANTED, 2, 3
 _SAMPLE_EVERY = 4
 _DEBT_AGE_MS = 60_000
 """Age announced for requests running without a lease: they are served before any waiter."""
@@ -465,11 +465,8 @@ class RedisBackend(LaneQueues[_Waiter]):
                 with clock.deadline_scope(deadline):
                     await waiter.event.wait()
             except BaseException:
-                if waiter.state == _GRANTED:
-                    assert waiter.permit is not None
-                    self._unadmit(waiter.permit)
-                    waiter.permit.release()
-                elif waiter.state == _WAITING:
+                self._pass_on(waiter)
+                if waiter.state == _WAITING:
                     self._remove(waiter, _GONE)
                 raise
             if waiter.state == _GRANTED:
@@ -489,12 +486,6 @@ class RedisBackend(LaneQueues[_Waiter]):
         if self._mode == "local":
             return self._local.retry_after(lane)
         return self.discipline.retry_after(sum(self._queued[: lane + 1]), self._share())
-
-    def _unadmit(self, permit: Permit) -> None:
-        """A seat granted to a waiter that was cancelled before it could use it: the seat is
-        passed on, and the admission is not counted."""
-        self._admitted[permit.lane] -= 1
-        self._wait_sum -= permit.waited
 
     def record_rejection(self, lane: Priority, reason: RejectReason) -> None:
         counts = self._rejected[lane]
@@ -699,10 +690,7 @@ class RedisBackend(LaneQueues[_Waiter]):
             with anyio.move_on_after(2 * self.command_timeout + 0.01):
                 await waiter.event.wait()
         except BaseException:
-            if waiter.state == _GRANTED:
-                assert waiter.permit is not None
-                self._unadmit(waiter.permit)
-                waiter.permit.release()
+            self._pass_on(waiter)
             self._forget_arrival(waiter)
             raise
         if waiter.state == _GRANTED:
