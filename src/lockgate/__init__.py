@@ -18,7 +18,7 @@ from ._exceptions import SystemOverload as SystemOverload
 from ._gate import Gate as Gate
 from ._lanes import LaneSeats as LaneSeats
 from ._lanes import Priority as Priority
-from ._scheduler import Permit as Permit
+from ._permit import Permit as Permit
 from ._scheduler import PriorityScheduler as PriorityScheduler
 from ._settings import GateSettings as GateSettings
 from ._settings import LaneSettings as LaneSettings

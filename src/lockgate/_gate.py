@@ -23,8 +23,9 @@ from ._classifier import Classifier, RuleClassifier, load_classifier
 from ._clock import Clock, MonotonicClock
 from ._exceptions import Rejected
 from ._lanes import Priority
+from ._permit import Permit
 from ._responses import send_json, send_rejection, status_body
-from ._scheduler import Permit, PriorityScheduler
+from ._scheduler import PriorityScheduler
 from ._settings import GateSettings
 from ._stats import GateStats
 from ._trust import is_trusted_client, parse_networks

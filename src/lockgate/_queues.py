@@ -7,9 +7,12 @@ rules of DESIGN §3-§4 that both backends follow: FIFO or newest-first pops, di
 lower lane's youngest waiter, shedding of stale waiters only while no lower lane holds seats
 beyond its guarantee, and refusing a lane while a higher lane's queue stands.
 
+It also keeps what both count the same way (admissions, rejections by reason, the total wait)
+and ends a wait the same way: a seat granted to a waiter cancelled in that instant is passed
+on; a waiter whose own deadline passed is answered ``QUEUE_TIMEOUT``.
+
 It knows nothing of seats or I/O: a subclass says how many seats a lane holds (``_held``), its
-guarantee (``_guarantee``), and what counting a waiter out and turning one away mean
-(``_dequeued``, ``_turn_away``).
+guarantee (``_guarantee``), and what counting a waiter out means (``_dequeued``).
 """
 
 from __future__ import annotations
@@ -17,35 +20,42 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections import deque
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, NoReturn, Protocol, TypeVar
 
 from ._discipline import QueueDiscipline
-from ._exceptions import RejectReason
+from ._exceptions import (
+    DeadlineUnreachable,
+    QueueFull,
+    QueueTimeout,
+    Rejected,
+    RejectReason,
+    SystemOverload,
+)
 from ._lanes import Priority
+from ._permit import Permit
 
-__all__ = ["GRANTED", "WAITING", "LaneQueues"]
+__all__ = ["GONE", "GRANTED", "WAITING", "LaneQueues"]
 
 WAITING = 0
 """The state of a waiter still in its queue (every other state means it left)."""
 GRANTED = 1
 """The state of a waiter that left its queue with a seat (its ``permit``)."""
+GONE = 2
+"""The state of a waiter that left without one (cancelled, timed out, turned away)."""
 _LANES = tuple(Priority)
-
-
-class _Seat(Protocol):
-    lane: Priority
-    waited: float
-
-    def release(self) -> None: ...
+_REJECTIONS: dict[RejectReason, type[Rejected]] = {
+    cls.reason: cls for cls in (SystemOverload, QueueFull, QueueTimeout, DeadlineUnreachable)
+}
 
 
 class _Queued(Protocol):
     lane: Priority
     enqueued: float
     state: int
+    permit: Permit | None
+    reason: RejectReason | None
 
-    @property
-    def permit(self) -> _Seat | None: ...
+    def notify(self) -> None: ...
 
 
 W = TypeVar("W", bound=_Queued)
@@ -55,21 +65,18 @@ class LaneQueues(ABC, Generic[W]):
     """Four lanes of waiters and the rules for taking them out. See the module docstring."""
 
     discipline: QueueDiscipline
-    _admitted: list[int]
-    _wait_sum: float
 
     def __init__(self) -> None:
         self._queues: list[deque[W]] = [deque() for _ in _LANES]
         self._queued = [0] * len(_LANES)
         self._dead = [0] * len(_LANES)
+        self._admitted = [0] * len(_LANES)
+        self._rejected: list[dict[str, int]] = [{} for _ in _LANES]
+        self._wait_sum = 0.0
 
     @abstractmethod
     def _dequeued(self, lane: Priority, served: bool = False) -> None:
         """Count one live waiter of ``lane`` out (``served``: it was granted a seat)."""
-
-    @abstractmethod
-    def _turn_away(self, waiter: W, reason: RejectReason) -> None:
-        """Answer a waiter that is already out of its queue with a rejection."""
 
     @abstractmethod
     def _held(self, lane: Priority) -> int:
@@ -79,14 +86,53 @@ class LaneQueues(ABC, Generic[W]):
     def _guarantee(self, lane: Priority) -> int:
         """Seats guaranteed to ``lane``."""
 
+    def record_rejection(self, lane: Priority, reason: RejectReason) -> None:
+        """Count a rejection decided elsewhere (e.g. by a degradation policy)."""
+        counts = self._rejected[lane]
+        counts[reason.value] = counts.get(reason.value, 0) + 1
+
+    def _reject_arrival(self, lane: Priority, reason: RejectReason) -> NoReturn:
+        """Count and raise the rejection of a request that never queued."""
+        self.record_rejection(lane, reason)
+        raise _REJECTIONS[reason]()
+
+    def _turn_away(self, waiter: W, reason: RejectReason) -> None:
+        """Answer a waiter that is already out of its queue with a rejection."""
+        self._dequeued(waiter.lane)
+        waiter.state = GONE
+        waiter.reason = reason
+        self.record_rejection(waiter.lane, reason)
+        waiter.notify()
+
+    def _abandon(self, waiter: W) -> None:
+        """The waiting task was cancelled (or failed): it leaves the queue, and a seat granted
+        to it in that very instant is passed on."""
+        if waiter.state == WAITING:
+            self._remove(waiter, GONE)
+        else:
+            self._pass_on(waiter)
+
     def _pass_on(self, waiter: W) -> None:
-        """For a waiter cancelled in the instant it was granted a seat: the seat is passed
-        on, and the admission is not counted. (No-op for a waiter granted nothing.)"""
+        """A seat granted to a waiter that will not use it goes on, and its admission is not
+        counted. (No-op for a waiter granted nothing.)"""
         permit = waiter.permit
         if waiter.state == GRANTED and permit is not None:
             self._admitted[permit.lane] -= 1
             self._wait_sum -= permit.waited
             permit.release()
+
+    def _outcome(self, waiter: W) -> Permit:
+        """After a wait: the permit granted, or the rejection raised (``QUEUE_TIMEOUT`` when
+        the waiter's own deadline passed and it is still queued)."""
+        if waiter.state == GRANTED:
+            assert waiter.permit is not None
+            return waiter.permit
+        if waiter.state == WAITING:
+            self._remove(waiter, GONE)
+            waiter.reason = RejectReason.QUEUE_TIMEOUT
+            self.record_rejection(waiter.lane, waiter.reason)
+        assert waiter.reason is not None
+        raise _REJECTIONS[waiter.reason]()
 
     def _pop(self, lane: Priority, newest: bool) -> W:
         """The oldest (FIFO) or newest (LIFO) live waiter of a lane that has one."""

@@ -34,99 +34,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from types import TracebackType
-from typing import Protocol
 
 import anyio
 
 from ._clock import Clock, MonotonicClock
 from ._discipline import QueueDiscipline
-from ._exceptions import (
-    DeadlineUnreachable,
-    QueueFull,
-    QueueTimeout,
-    Rejected,
-    RejectReason,
-    SystemOverload,
-)
+from ._exceptions import RejectReason
 from ._lanes import LaneSeats, Priority, lane_seats
+from ._permit import Permit
 from ._queues import GRANTED, WAITING, LaneQueues
 from ._settings import GateSettings, LaneSettings, LanesSettings
 from ._stats import GateStats, LaneStats
 from .limits import FixedLimit, Limit, make_limit
 
-__all__ = ["Permit", "PriorityScheduler"]
+__all__ = ["PriorityScheduler"]
 
 _LANES = tuple(Priority)
-_WAITING, _GRANTED, _GONE = WAITING, GRANTED, 2
 SAMPLE_EVERY = 4
 """One permit in this many admitted at once is timed (waiters always are)."""
-_REJECTIONS: dict[RejectReason, type[Rejected]] = {
-    cls.reason: cls for cls in (SystemOverload, QueueFull, QueueTimeout, DeadlineUnreachable)
-}
-
-
-class _Releaser(Protocol):
-    def _release(self, permit: Permit, dropped: bool, sample: bool) -> None: ...
-
-
-class Permit:
-    """One seat, held until ``release()``. Releasing twice is a no-op, never a double release.
-
-    Use it as a context manager (``async with await scheduler.acquire(lane): ...``) or call
-    ``release()`` in a ``finally``.
-    """
-
-    __slots__ = ("_backend", "inflight", "lane", "released", "since", "waited")
-
-    def __init__(
-        self,
-        backend: _Releaser,
-        lane: Priority,
-        waited: float = 0.0,
-        since: float | None = None,
-        inflight: int = 0,
-    ) -> None:
-        self._backend = backend
-        self.lane = lane
-        self.waited = waited
-        """Seconds spent in the queue before the seat was handed over (0.0 when immediate)."""
-        self.since = since
-        """Clock time the seat was taken, when this permit is timed (a sample), else None."""
-        self.inflight = inflight
-        """Seats in use once this one was taken (timed permits only)."""
-        self.released = False
-
-    def release(self, *, dropped: bool = False, sample: bool = True) -> None:
-        """Give the seat back (to the next waiter, if any). Only the first call counts.
-
-        ``dropped``: the request failed from overload (the app's own 503/429/504 or timeout);
-        an adaptive limit backs off. ``sample=False``: the hold time says nothing about the
-        service (cancelled, client gone), so it is not fed to the limit.
-        """
-        if not self.released:
-            self.released = True
-            self._backend._release(self, dropped, sample)
-
-    def __enter__(self) -> Permit:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.release()
-
-    async def __aenter__(self) -> Permit:
-        return self
-
-    async def __aexit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.release()
-
-    def __repr__(self) -> str:
-        state = "released" if self.released else "held"
-        return f"<Permit lane={self.lane.label} {state} waited={self.waited:.3f}s>"
 
 
 class _Waiter:
@@ -145,7 +70,7 @@ class _Waiter:
             )
         except RuntimeError:  # not on asyncio
             self.wake = anyio.Event()
-        self.state = _WAITING
+        self.state = WAITING
         self.permit: Permit | None = None
         self.reason: RejectReason | None = None
 
@@ -202,9 +127,6 @@ class PriorityScheduler(LaneQueues[_Waiter]):
         self._queued_total = 0
         self._active = 0
         self._occupied = 0  # sum over lanes of max(u_i, G_i): I3's left-hand side
-        self._admitted = [0, 0, 0, 0]
-        self._rejected: list[dict[str, int]] = [{} for _ in _LANES]
-        self._wait_sum = 0.0
         adaptive = limit_algorithm is not None and not isinstance(limit_algorithm, FixedLimit)
         self._limiter = limit_algorithm if adaptive else None
         self._sample_every = 1 if adaptive else SAMPLE_EVERY
@@ -326,24 +248,9 @@ class PriorityScheduler(LaneQueues[_Waiter]):
                 with self._clock.deadline_scope(deadline):
                     await waiter.wake.wait()
         except BaseException:
-            self._pass_on(waiter)
-            if waiter.state == _WAITING:
-                self._remove(waiter, _GONE)
+            self._abandon(waiter)
             raise
-        if waiter.state == _GRANTED:
-            assert waiter.permit is not None
-            return waiter.permit
-        if waiter.state == _WAITING:  # our own deadline passed
-            self._remove(waiter, _GONE)
-            waiter.reason = RejectReason.QUEUE_TIMEOUT
-            self.record_rejection(lane, waiter.reason)
-        assert waiter.reason is not None
-        raise _REJECTIONS[waiter.reason]()
-
-    def record_rejection(self, lane: Priority, reason: RejectReason) -> None:
-        """Count a rejection decided elsewhere (e.g. by a degradation policy)."""
-        counts = self._rejected[lane]
-        counts[reason.value] = counts.get(reason.value, 0) + 1
+        return self._outcome(waiter)
 
     def retry_after(self, lane: Priority) -> int:
         """``Retry-After`` seconds for a request of ``lane`` refused now: the predicted time
@@ -378,24 +285,12 @@ class PriorityScheduler(LaneQueues[_Waiter]):
         self._queued_total += 1
         return waiter
 
-    def _reject_arrival(self, lane: Priority, reason: RejectReason) -> None:
-        self.record_rejection(lane, reason)
-        raise _REJECTIONS[reason]()
-
     def _dequeued(self, lane: Priority, served: bool = False) -> None:
         """Count one live waiter of ``lane`` out of the queue (``served``: granted a seat)."""
         self._queued_total -= 1
         self._queued[lane] -= 1
         if not self._queued[lane]:
             self.discipline.queue_emptied(lane, self._clock.now(), served)
-
-    def _turn_away(self, waiter: _Waiter, reason: RejectReason) -> None:
-        """Answer a waiter (already out of its queue) with a rejection."""
-        self._dequeued(waiter.lane)
-        waiter.state = _GONE
-        waiter.reason = reason
-        self.record_rejection(waiter.lane, reason)
-        waiter.notify()
 
     # -- seats ------------------------------------------------------------------------------
 
@@ -455,7 +350,7 @@ class PriorityScheduler(LaneQueues[_Waiter]):
             waited = now - waiter.enqueued
             self._wait_sum += waited
             waiter.permit = Permit(self, lane, waited, now, self._active)
-            waiter.state = _GRANTED
+            waiter.state = GRANTED
             waiter.notify()
 
     def _next_lane(self) -> Priority | None:

@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 
 from .._exceptions import RejectReason
 from .._lanes import LaneSeats, Priority
-from .._scheduler import Permit
+from .._permit import Permit
 from .._stats import GateStats
 
 __all__ = ["Backend"]

@@ -68,17 +68,11 @@ import anyio
 
 from .._clock import Clock, MonotonicClock
 from .._discipline import QueueDiscipline
-from .._exceptions import (
-    DeadlineUnreachable,
-    QueueFull,
-    QueueTimeout,
-    Rejected,
-    RejectReason,
-    SystemOverload,
-)
+from .._exceptions import RejectReason
 from .._lanes import LaneSeats, Priority, lane_seats
-from .._queues import GRANTED, WAITING, LaneQueues
-from .._scheduler import Permit, PriorityScheduler
+from .._permit import Permit
+from .._queues import GONE, GRANTED, WAITING, LaneQueues
+from .._scheduler import PriorityScheduler
 from .._settings import GateSettings
 from .._stats import GateStats, LaneStats
 
@@ -100,16 +94,13 @@ Mode = Literal["global", "local", "open", "closed"]
 ErrorPolicy = Literal["local", "open", "closed"]
 
 _LANES: Final = tuple(Priority)
-_WAITING, _GRANTED, _GONE, _MOVED = WAITING, GRANTED, 2, 3
+_WAITING, _GRANTED, _GONE, _MOVED = WAITING, GRANTED, GONE, 3
 _SAMPLE_EVERY = 4
 _DEBT_AGE_MS = 60_000
 """Age announced for requests running without a lease: they are served before any waiter."""
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 _FIRST_PROBE = 0.05
 """Seconds from a Redis failure to the first probe; the delay doubles up to a heartbeat."""
-_REJECTIONS: dict[RejectReason, type[Rejected]] = {
-    cls.reason: cls for cls in (SystemOverload, QueueFull, QueueTimeout, DeadlineUnreachable)
-}
 SYNC_SCRIPT: Final = (
     files("lockgate.backends").joinpath("lua", "sync.lua").read_text(encoding="utf-8")
 )
@@ -126,6 +117,10 @@ class _Waiter:
         self.state = _WAITING
         self.permit: Permit | None = None
         self.reason: RejectReason | None = None
+
+    def notify(self) -> None:
+        """Wake the waiting task (idempotent)."""
+        self.event.set()
 
 
 class _Planned(NamedTuple):
@@ -283,9 +278,6 @@ class RedisBackend(LaneQueues[_Waiter]):
         self._queue_limits = [lane.queue_limit for lane in self._lanes]
         LaneQueues.__init__(self)
         self._queued_total = 0
-        self._admitted = [0, 0, 0, 0]
-        self._rejected: list[dict[str, int]] = [{} for _ in _LANES]
-        self._wait_sum = 0.0
         self._countdown = _SAMPLE_EVERY
         self.discipline = QueueDiscipline(len(_LANES), settings.target_wait, self._wait_timeout)
 
@@ -465,31 +457,17 @@ class RedisBackend(LaneQueues[_Waiter]):
                 with clock.deadline_scope(deadline):
                     await waiter.event.wait()
             except BaseException:
-                self._pass_on(waiter)
-                if waiter.state == _WAITING:
-                    self._remove(waiter, _GONE)
+                self._abandon(waiter)
                 raise
-            if waiter.state == _GRANTED:
-                assert waiter.permit is not None
-                return waiter.permit
             if waiter.state == _MOVED:  # the mode changed: wait there with the time left
                 continue
-            if waiter.state == _WAITING:  # our own deadline passed
-                self._remove(waiter, _GONE)
-                waiter.reason = RejectReason.QUEUE_TIMEOUT
-                self.record_rejection(lane, waiter.reason)
-            assert waiter.reason is not None
-            raise _REJECTIONS[waiter.reason]()
+            return self._outcome(waiter)
 
     def retry_after(self, lane: Priority) -> int:
         """``Retry-After`` for ``lane``: this instance's queue ahead, drained at its share."""
         if self._mode == "local":
             return self._local.retry_after(lane)
         return self.discipline.retry_after(sum(self._queued[: lane + 1]), self._share())
-
-    def record_rejection(self, lane: Priority, reason: RejectReason) -> None:
-        counts = self._rejected[lane]
-        counts[reason.value] = counts.get(reason.value, 0) + 1
 
     def stats(self) -> GateStats:
         """This instance's requests (its own and its fallback's), under the global seats."""
@@ -658,10 +636,6 @@ class RedisBackend(LaneQueues[_Waiter]):
             self._refresh_blocked()
         return waiter
 
-    def _reject_arrival(self, lane: Priority, reason: RejectReason) -> None:
-        self.record_rejection(lane, reason)
-        raise _REJECTIONS[reason]()
-
     def _may_find_a_seat(self, lane: Priority) -> bool:
         """Would the local queue refuse a newcomer of ``lane`` (queue or lane queue full,
         reject threshold) while Redis may still have a free seat for it?
@@ -734,13 +708,6 @@ class RedisBackend(LaneQueues[_Waiter]):
                 q and i for q, i in zip(self._queued, self._idle, strict=True)
             ):
                 self._wake.set()  # take our waiters out of the registry; serve the lanes below
-
-    def _turn_away(self, waiter: _Waiter, reason: RejectReason) -> None:
-        self._dequeued(waiter.lane)
-        waiter.state = _GONE
-        waiter.reason = reason
-        self.record_rejection(waiter.lane, reason)
-        waiter.event.set()
 
     def _held(self, lane: Priority) -> int:
         return len(self._busy[lane])
