@@ -14,25 +14,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import platform
 import re
-import resource
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 
+from _machine import (
+    HOST,
+    busy_seconds,
+    children_cpu_seconds,
+    cpu_seconds,
+    machine,
+    pin,
+    stop,
+    wait_port,
+    wait_until_quiet,
+    wrk,
+    wrk_version,
+)
+from lockgate.demo._server import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
 PATH = "/api/v1/users/me"  # benchmarks._apps.BENCH_PATH (not imported: keep this light)
 VARIANTS = {
     "bare": "the raw ASGI app",
@@ -94,78 +102,7 @@ class Results:
 # -- machine ---------------------------------------------------------------------------------
 
 
-def machine() -> list[tuple[str, str]]:
-    model = platform.processor() or "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    versions = ", ".join(
-        f"{name} {_version(name)}" for name in ("lockgate", "uvicorn", "httptools", "uvloop")
-    )
-    return [
-        ("cpu", f"{model}, {os.cpu_count()} logical cores"),
-        ("kernel", f"{platform.system()} {platform.release()}"),
-        ("python", f"{platform.python_implementation()} {platform.python_version()}"),
-        ("packages", versions),
-    ]
-
-
-def _version(name: str) -> str:
-    try:
-        return version(name)
-    except Exception:
-        return "not installed"
-
-
-def _pin(cpu: str, command: list[str], pinned: bool) -> list[str]:
-    return ["taskset", "-c", cpu, *command] if pinned else command
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process, all its threads (Linux ``/proc``)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _system_busy_seconds() -> float:
-    """CPU seconds all cores spent outside idle/iowait since boot (Linux ``/proc/stat``)."""
-    try:
-        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except OSError:
-        return 0.0
-    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_until_quiet(limit: float, threshold: float = DISTURBED) -> float:
-    """Wait (at most ``limit`` s) until the rest of the machine is idle: less than
-    ``threshold`` of a core busy over one second. Returns the last reading (cores)."""
-    deadline = time.monotonic() + limit
-    while True:
-        before = _system_busy_seconds()
-        time.sleep(1.0)
-        busy = _system_busy_seconds() - before
-        if busy < threshold or time.monotonic() >= deadline:
-            return busy
-
-
-def _children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 # -- the server ------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def start_server(variant: str, port: int, pinned: bool) -> subprocess.Popen[bytes]:
@@ -176,73 +113,26 @@ def start_server(variant: str, port: int, pinned: bool) -> subprocess.Popen[byte
     ]  # fmt: skip
     if variant in FACTORIES:
         command.append("--factory")
-    proc = subprocess.Popen(_pin(SERVER_CPU, command, pinned), cwd=ROOT)
-    deadline = time.monotonic() + 15.0
-    while True:
-        with contextlib.suppress(OSError), socket.create_connection((HOST, port), 0.5):
-            return proc
-        if proc.poll() is not None:
-            raise SystemExit(f"the {variant} server exited with {proc.returncode} at start-up")
-        if time.monotonic() > deadline:
-            stop_server(proc)
-            raise SystemExit(f"the {variant} server did not listen on {HOST}:{port} in 15 s")
-        time.sleep(0.02)
-
-
-def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    proc = subprocess.Popen(pin(SERVER_CPU, command, pinned), cwd=ROOT)
+    wait_port(port, proc, f"the {variant} server")
+    return proc
 
 
 # -- load generators -------------------------------------------------------------------------
 
-_UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
-
-
-def _ms(text: str) -> float:
-    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
-    return float(number) * _UNITS_MS[unit]
-
-
 def run_wrk(port: int, duration: float, connections: int, pinned: bool) -> Run:
-    command = [
-        "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
-        f"http://{HOST}:{port}{PATH}",
-    ]  # fmt: skip
-    out = subprocess.run(
-        _pin(LOADGEN_CPU, command, pinned),
-        capture_output=True, text=True, timeout=duration + 30, check=True,
-    ).stdout  # fmt: skip
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    requests = re.search(r"(\d+) requests in", out)
-    if rps is None or requests is None:
-        raise SystemExit(f"could not read wrk's output:\n{out}")
-    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    errors = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
-    )
-    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
-    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    got = wrk(f"http://{HOST}:{port}{PATH}", duration, connections, LOADGEN_CPU, pinned)
     return Run(
-        rps=float(rps.group(1)),
-        requests=int(requests.group(1)),
-        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
-        errors=sum(int(n) for n in errors.groups()) if errors else 0,
-        p50_ms=_ms(p50.group(1)) if p50 else None,
-        p99_ms=_ms(p99.group(1)) if p99 else None,
-    )
+        rps=got.rps, requests=got.requests, non_2xx=got.non_2xx, errors=got.errors,
+        p50_ms=got.p50_ms, p99_ms=got.p99_ms,
+    )  # fmt: skip
 
 
 def run_python_loadgen(port: int, duration: float, connections: int, pinned: bool) -> Run:
     command = [
         sys.executable, __file__, "--loadgen", str(port), str(duration), str(connections),
     ]  # fmt: skip
-    proc = subprocess.Popen(_pin(LOADGEN_CPU, command, pinned), stdout=subprocess.PIPE)
+    proc = subprocess.Popen(pin(LOADGEN_CPU, command, pinned), stdout=subprocess.PIPE)
     out, _ = proc.communicate(timeout=duration + 30)
     if proc.returncode:
         raise SystemExit(f"the Python load generator failed ({proc.returncode})")
@@ -305,27 +195,27 @@ def _loadgen_main(port: int, duration: float, connections: int) -> None:
 
 def measure(variant: str, args: argparse.Namespace, use_wrk: bool, pinned: bool) -> Run:
     if args.wait_quiet > 0:
-        busy = wait_until_quiet(args.wait_quiet)
+        busy = wait_until_quiet(args.wait_quiet, DISTURBED)
         if busy >= DISTURBED:
             print(f"  (others keep {busy:.0%} of a core busy; measuring anyway)")
-    port = _free_port()
+    port = free_port()
     proc = start_server(variant, port, pinned)
     load = run_wrk if use_wrk else run_python_loadgen
     try:
         load(port, args.warmup, args.connections, pinned)
-        server, loadgen = _cpu_seconds(proc.pid), _children_cpu_seconds()
-        busy, started = _system_busy_seconds(), time.monotonic()
+        server, loadgen = cpu_seconds(proc.pid), children_cpu_seconds()
+        busy, started = busy_seconds(), time.monotonic()
         run = load(port, args.duration, args.connections, pinned)
         wall = time.monotonic() - started
-        server = _cpu_seconds(proc.pid) - server
-        loadgen = _children_cpu_seconds() - loadgen
-        busy = _system_busy_seconds() - busy
+        server = cpu_seconds(proc.pid) - server
+        loadgen = children_cpu_seconds() - loadgen
+        busy = busy_seconds() - busy
         run.server_cpu = server / wall
         run.server_us = 1e6 * server / max(1, run.requests)
         run.loadgen_cpu = loadgen / wall
         run.other_cpu = max(0.0, busy - server - loadgen) / wall
     finally:
-        stop_server(proc)
+        stop(proc)
     return run
 
 
@@ -369,9 +259,9 @@ def main() -> None:
     if not pinned:
         print("warning: not pinning (needs taskset and 2 CPUs); numbers will be noisy\n")
 
-    for key, value in machine():
+    for key, value in machine(("lockgate", "uvicorn", "httptools", "uvloop")):
         print(f"{key:<9} {value}")
-    loadgen = f"wrk ({_wrk_version()})" if use_wrk else "bundled Python (asyncio) generator"
+    loadgen = f"wrk ({wrk_version()})" if use_wrk else "bundled Python (asyncio) generator"
     print(
         f"setup     uvicorn --http httptools --loop uvloop --workers 1 --no-access-log, "
         f"server on CPU {SERVER_CPU if pinned else '-'}, {loadgen} on CPU "
@@ -405,12 +295,6 @@ def main() -> None:
             )  # fmt: skip
     print()
     report(results, args.rounds, use_wrk)
-
-
-def _wrk_version() -> str:
-    out = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
-    match = re.search(r"wrk (\S+)", out.stdout + out.stderr)
-    return match.group(1) if match else "?"
 
 
 def report(results: Results, rounds: int, use_wrk: bool) -> None:

@@ -44,11 +44,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
-import importlib.metadata
 import json
 import math
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -62,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import lockgate.limits
+from _machine import busy_seconds, cpu_seconds, machine
 from loadgen import OVERFLOW, Results, Spec, rate_at
 from lockgate import Gate, Priority, PriorityScheduler
 from lockgate.demo._measure import Stats, goodput, percentile, tally
@@ -188,24 +187,9 @@ def scenarios(duration: float, quick: bool) -> dict[str, Scenario]:
 # -- machine, server, load generator ----------------------------------------------------------
 
 
-def machine() -> dict[str, str]:
+def machine_info() -> dict[str, str]:
     """What the numbers were measured on."""
-    cpu = platform.processor()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    info = {
-        "cpu": cpu,
-        "cores": str(os.cpu_count()),
-        "kernel": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
-    for pkg in ("lockgate", "uvicorn", "httptools", "uvloop", "anyio"):
-        try:
-            info[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            info[pkg] = "-"
-    return info
+    return dict(machine(("lockgate", "uvicorn", "httptools", "uvloop", "anyio")))
 
 
 def launcher(core: int, nice: int) -> list[str]:
@@ -225,16 +209,7 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the server process has used so far."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def busy_seconds() -> float:
-    """CPU time all processes of the machine have used (``/proc/stat``), to tell a run that
-    shared its cores with something else."""
-    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = ticks[3] + ticks[4]
-    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.proc.pid)
 
 
 @contextlib.contextmanager
@@ -595,7 +570,7 @@ def main() -> None:
     if not 0.0 <= args.service_jitter < 1.0:
         parser.error("--service-jitter must be in [0, 1)")
 
-    info = machine()
+    info = machine_info()
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     print(f"pool {POOL}, mix " + ", ".join(
         f"{r.lane.label} {r.method} {r.path} {r.weight:.0%} {1000 * r.service_time:.0f} ms"

@@ -39,15 +39,9 @@ over the seat-time of the 20 seats; "open" divides by the 18 seats open to these
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import platform
-import re
-import resource
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -56,18 +50,30 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from _apps import BENCH_PATH, bare
+from _machine import (
+    HOST,
+    busy_seconds,
+    children_cpu_seconds,
+    cpu_seconds,
+    machine,
+    pin,
+    stop,
+    wait_port,
+    wait_until_quiet,
+    wrk,
+    wrk_version,
+)
 from lockgate import Gate, GateSettings
 from lockgate._types import ASGIApp, Receive, Scope, Send
 from lockgate.backends.redis import RedisBackend
+from lockgate.demo._server import free_port
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-HOST = "127.0.0.1"
 SERVER_CPU, SIDE_CPU = "0", "1"
 KEY_PREFIX = "lockgate-bench"
 URL_ENV, NAME_ENV, OVERLOAD_ENV = (
@@ -148,93 +154,6 @@ def overload_app() -> ASGIApp:
 # -- machine and processes --------------------------------------------------------------------
 
 
-def machine() -> list[tuple[str, str]]:
-    model = platform.processor() or "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    names = ("lockgate", "uvicorn", "httptools", "uvloop", "redis")
-    return [
-        ("cpu", f"{model}, {os.cpu_count()} logical cores"),
-        ("kernel", f"{platform.system()} {platform.release()}"),
-        ("python", f"{platform.python_implementation()} {platform.python_version()}"),
-        ("packages", ", ".join(f"{n} {_version(n)}" for n in names)),
-    ]
-
-
-def _version(name: str) -> str:
-    try:
-        return version(name)
-    except Exception:
-        return "not installed"
-
-
-def _pin(cpu: str, command: list[str]) -> list[str]:
-    return ["taskset", "-c", cpu, *command] if shutil.which("taskset") else command
-
-
-def _cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _busy_seconds() -> float:
-    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def _children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def wait_until_quiet(limit: float, threshold: float = DISTURBED) -> float:
-    """Wait (at most ``limit`` s) until other processes use less than ``threshold`` of a
-    core over one second; the last reading."""
-    deadline = time.monotonic() + limit
-    while True:
-        before = _busy_seconds()
-        time.sleep(1.0)
-        busy = _busy_seconds() - before
-        if busy < threshold or time.monotonic() >= deadline:
-            return busy
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 15.0
-    while True:
-        with contextlib.suppress(OSError), socket.create_connection((HOST, port), 0.5):
-            return
-        if proc.poll() is not None:
-            raise SystemExit(f"{what} exited with {proc.returncode} at start-up")
-        if time.monotonic() > deadline:
-            stop(proc)
-            raise SystemExit(f"{what} did not listen on {HOST}:{port} in 15 s")
-        time.sleep(0.02)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 class Redis:
     """The Redis the backends use: a dedicated, pinned server, or one given by URL."""
 
@@ -248,7 +167,7 @@ class Redis:
                 "redis-server", "--port", str(port), "--bind", HOST, "--save", "",
                 "--appendonly", "no", "--loglevel", "warning",
             ]  # fmt: skip
-            self.proc = subprocess.Popen(_pin(SIDE_CPU, command), stdout=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(pin(SIDE_CPU, command), stdout=subprocess.DEVNULL)
             wait_port(port, self.proc, "redis-server")
             url = f"redis://{HOST}:{port}/0"
         self.url = url
@@ -281,7 +200,7 @@ def start_server(
         *(["--factory"] if factory else []),
     ]  # fmt: skip
     proc = subprocess.Popen(
-        _pin(SERVER_CPU, command), cwd=ROOT, env={**os.environ, **env}, stderr=log
+        pin(SERVER_CPU, command), cwd=ROOT, env={**os.environ, **env}, stderr=log
     )
     wait_port(port, proc, target)
     return proc
@@ -312,37 +231,17 @@ class Run:
     fallbacks: int = 0
 
 
-def wrk(port: int, duration: float, connections: int) -> Run:
-    command = [
-        "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
-        f"http://{HOST}:{port}{BENCH_PATH}",
-    ]  # fmt: skip
-    out = subprocess.run(
-        _pin(SIDE_CPU, command), capture_output=True, text=True, timeout=duration + 30,
-        check=True,
-    ).stdout  # fmt: skip
-
-    def num(pattern: str) -> float:
-        found = re.search(pattern, out, re.M)
-        return float(found.group(1)) if found else 0.0
-
-    errors = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
-    )
-    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)", out, re.M)
-    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+def run_wrk(port: int, duration: float, connections: int) -> Run:
+    got = wrk(f"http://{HOST}:{port}{BENCH_PATH}", duration, connections, SIDE_CPU)
     return Run(
-        rps=num(r"Requests/sec:\s+([\d.]+)"),
-        requests=int(num(r"(\d+) requests in")),
-        non_2xx=int(num(r"Non-2xx or 3xx responses:\s+(\d+)")),
-        errors=sum(int(n) for n in errors.groups()) if errors else 0,
-        p99_ms=float(p99.group(1)) * scale[p99.group(2)] if p99 else 0.0,
-    )
+        rps=got.rps, requests=got.requests, non_2xx=got.non_2xx, errors=got.errors,
+        p99_ms=got.p99_ms or 0.0,
+    )  # fmt: skip
 
 
 def measure(variant: str, args: argparse.Namespace, redis: Redis) -> Run:
     if args.wait_quiet > 0:
-        busy = wait_until_quiet(args.wait_quiet)
+        busy = wait_until_quiet(args.wait_quiet, DISTURBED)
         if busy >= DISTURBED:
             print(f"  (others keep {busy:.0%} of a core busy; measuring anyway)")
     port = free_port()
@@ -351,16 +250,16 @@ def measure(variant: str, args: argparse.Namespace, redis: Redis) -> Run:
     log = tempfile.TemporaryFile()
     proc = start_server(target, port, {URL_ENV: redis.url, NAME_ENV: name}, log)
     try:
-        wrk(port, args.warmup, args.connections)
-        server, rcpu, calls = _cpu_seconds(proc.pid), _cpu_seconds(redis.pid), redis.scripts()
-        loadgen, busy, started = _children_cpu_seconds(), _busy_seconds(), time.monotonic()
-        run = wrk(port, args.duration, args.connections)
+        run_wrk(port, args.warmup, args.connections)
+        server, rcpu, calls = cpu_seconds(proc.pid), cpu_seconds(redis.pid), redis.scripts()
+        loadgen, busy, started = children_cpu_seconds(), busy_seconds(), time.monotonic()
+        run = run_wrk(port, args.duration, args.connections)
         wall = time.monotonic() - started
-        server = _cpu_seconds(proc.pid) - server
-        rcpu = _cpu_seconds(redis.pid) - rcpu
+        server = cpu_seconds(proc.pid) - server
+        rcpu = cpu_seconds(redis.pid) - rcpu
         calls = redis.scripts() - calls
-        loadgen = _children_cpu_seconds() - loadgen
-        busy = _busy_seconds() - busy
+        loadgen = children_cpu_seconds() - loadgen
+        busy = busy_seconds() - busy
         requests = max(1, run.requests)
         run.server_us = 1e6 * server / requests
         run.redis_us = 1e6 * rcpu / requests
@@ -505,7 +404,7 @@ def _loadgens(ports: list[int], rates: list[float], duration: float) -> list[dic
             command = [sys.executable, str(HERE / "loadgen.py")]
             with out.open("w") as sink:
                 proc = subprocess.Popen(
-                    _pin(SIDE_CPU, command), stdin=subprocess.PIPE, stdout=sink, cwd=HERE
+                    pin(SIDE_CPU, command), stdin=subprocess.PIPE, stdout=sink, cwd=HERE
                 )
                 assert proc.stdin is not None
                 proc.stdin.write(json.dumps(spec).encode())
@@ -588,28 +487,20 @@ def main() -> None:
         raise SystemExit("wrk not found: apt-get install -y wrk (Debian/Ubuntu)")
     if (os.cpu_count() or 1) < 2 or shutil.which("taskset") is None:
         print("warning: fewer than 2 CPUs or no taskset: nothing is pinned, numbers are noisy\n")
-    for key, value in machine():
+    for key, value in machine(("lockgate", "uvicorn", "httptools", "uvloop", "redis")):
         print(f"{key:<9} {value}")
     redis = Redis(args.redis_url)
     try:
         server_info = redis.client.info("server")
         print(f"{'redis':<9} {server_info['redis_version']} at {redis.url}"
               f"{' (dedicated, CPU ' + SIDE_CPU + ')' if redis.proc else ''}")  # fmt: skip
-        print(f"{'wrk':<9} {_wrk_version()}\n")
+        print(f"{'wrk':<9} {wrk_version()}\n")
         if not args.only_overload:
             fastpath(args, redis)
         if args.overload or args.only_overload:
             overload(args, redis)
     finally:
         redis.close()
-
-
-def _wrk_version() -> str:
-    if shutil.which("wrk") is None:
-        return "not installed"
-    out = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
-    found = re.search(r"wrk (\S+)", out.stdout + out.stderr)
-    return found.group(1) if found else "?"
 
 
 if __name__ == "__main__":
