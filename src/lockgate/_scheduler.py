@@ -178,7 +178,6 @@ class PriorityScheduler(LaneQueues[_Waiter]):
         self._limit = limit
         self._seats = lane_seats(limit, self._lane_settings)
         self._guaranteed = [s.guaranteed for s in self._seats]
-        self._nominal = [s.nominal for s in self._seats]
         self._max = [s.max for s in self._seats]
         self._occupied = sum(max(u, g) for u, g in zip(self._used, self._guaranteed, strict=True))
         threshold = self._reject_threshold_setting
