@@ -48,7 +48,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +69,8 @@ from _machine import (
 from lockgate import Gate, GateSettings
 from lockgate._types import ASGIApp, Receive, Scope, Send
 from lockgate.backends.redis import RedisBackend
+from lockgate.demo import Results, goodput, percentile, tally
+from lockgate.demo._measure import ALL
 from lockgate.demo._server import free_port
 
 HERE = Path(__file__).resolve().parent
@@ -85,7 +86,6 @@ VARIANTS = {
     "redis": "Gate(app, backend=RedisBackend()): block leasing",
     "redis-rt": "RedisBackend(fastpath=False): a round trip per acquire and per release",
 }
-GOOD_WITHIN = 5.0
 DISTURBED = 0.15
 """Cores used by other processes above which a run is repeated (other sessions, builds)."""
 
@@ -421,43 +421,26 @@ def _overload_row(
     variant: str, results: list[dict[str, Any]], routes: Any, lo: float, hi: float,
     leaked: int, fallbacks: int,
 ) -> str:  # fmt: skip
-    good = 0.0
-    latencies: dict[int, list[float]] = {0: [], 1: [], 2: []}
-    shed: list[float] = []
-    counts: Counter[str] = Counter()
+    """One row: the processes' results merged, goodput over the one shared pool of 20."""
+    merged = Results(route=[], sched=[], latency=[], status=[])
     for raw in results:
-        for route, t, latency, status in zip(
-            raw["route"], raw["sched"], raw["latency"], raw["status"], strict=True
-        ):
-            service = routes[route].service_time
-            if status == 200 and latency <= GOOD_WITHIN * service and lo <= t + latency < hi:
-                good += service
-            if not lo <= t < hi:
-                continue
-            if status == 200:
-                counts["ok"] += 1
-                latencies[route].append(latency)
-            elif status == 503:
-                counts["503"] += 1
-                shed.append(latency)
-            elif status == -1:
-                counts["timeout"] += 1
-    goodput = good / (20 * (hi - lo))
-    window = hi - lo
+        for key in ("route", "sched", "latency", "status"):
+            getattr(merged, key).extend(raw[key])
+    good = goodput(merged, routes, 20, lo, hi)[ALL]
+    lanes, window = tally(merged, routes, lo, hi), hi - lo
+    every = lanes[ALL]
 
-    def pct(values: list[float], q: float) -> str:
-        if not values:
-            return "-"
-        values = sorted(values)
-        return f"{1000 * values[min(len(values) - 1, int(q * len(values)))]:.0f}"
+    def ms(values: list[float], q: float) -> str:
+        return f"{1000 * percentile(values, q):.0f}" if values else "-"
 
     def pair(route: int) -> str:
-        return f"{pct(latencies[route], 0.5)}/{pct(latencies[route], 0.99)}"
+        ok = lanes[routes[route].lane.label].ok_latency
+        return f"{ms(ok, 0.5)}/{ms(ok, 0.99)}"
 
     return (
-        f"{variant:<20}{goodput:>8.3f}{goodput * 20 / 18:>7.3f}{counts['ok'] / window:>7.0f}"
-        f"{counts['503'] / window:>7.0f}{counts['timeout']:>5}{pair(0):>15}{pair(1):>16}"
-        f"{pair(2):>15}{pct(shed, 0.99):>9}{leaked:>7}{fallbacks:>7}"
+        f"{variant:<20}{good:>8.3f}{good * 20 / 18:>7.3f}{every.ok / window:>7.0f}"
+        f"{every.shed / window:>7.0f}{every.timeouts:>5}{pair(0):>15}{pair(1):>16}"
+        f"{pair(2):>15}{ms(every.shed_latency, 0.99):>9}{leaked:>7}{fallbacks:>7}"
     )
 
 
