@@ -96,6 +96,19 @@ class LaneQueues(ABC, Generic[W]):
         self.record_rejection(lane, reason)
         raise _REJECTIONS[reason]()
 
+    def _ahead(self, lane: Priority) -> int:
+        """Waiters served before a newcomer of ``lane``: its own and every higher lane's."""
+        return sum(self._queued[: lane + 1])
+
+    def _slack(self, lane: Priority, budget: float, seats: int) -> float:
+        """The wait a request with ``budget`` seconds left can afford (its budget less the
+        lane's service time); refuses it at once (``DEADLINE_UNREACHABLE``) when the predicted
+        wait for ``seats`` seats already exceeds that."""
+        slack = budget - self.discipline.service_time(lane)
+        if self.discipline.predicted_wait(self._ahead(lane), seats) > slack:
+            self._reject_arrival(lane, RejectReason.DEADLINE_UNREACHABLE)
+        return slack
+
     def _turn_away(self, waiter: W, reason: RejectReason) -> None:
         """Answer a waiter that is already out of its queue with a rejection."""
         self._dequeued(waiter.lane)

@@ -230,10 +230,7 @@ class PriorityScheduler(LaneQueues[_Waiter]):
             return permit
         wait = self._wait_timeout if timeout is None else timeout
         if budget is not None:
-            slack = budget - self.discipline.service_time(lane)
-            if self.discipline.predicted_wait(self._ahead(lane), self._limit) > slack:
-                self._reject_arrival(lane, RejectReason.DEADLINE_UNREACHABLE)
-            wait = min(wait, slack)
+            wait = min(wait, self._slack(lane, budget, self._limit))
         waiter = self._enqueue(lane)
         deadline = waiter.enqueued + wait
         try:
@@ -255,10 +252,6 @@ class PriorityScheduler(LaneQueues[_Waiter]):
         """``Retry-After`` seconds for a request of ``lane`` refused now: the predicted time
         for the waiters ahead of it to drain, with jitter (see ``QueueDiscipline``)."""
         return self.discipline.retry_after(self._ahead(lane), self._limit)
-
-    def _ahead(self, lane: Priority) -> int:
-        """Waiters served before a newcomer of ``lane``: its own and every higher lane's."""
-        return sum(self._queued[: lane + 1])
 
     # -- the queue --------------------------------------------------------------------------
 

@@ -440,10 +440,7 @@ class RedisBackend(LaneQueues[_Waiter]):
                 if self._mode != "global":
                     continue
             if budget is not None and first:
-                slack = budget - self.discipline.service_time(lane)
-                ahead = sum(self._queued[: lane + 1])
-                if self.discipline.predicted_wait(ahead, self._share()) > slack:
-                    self._reject_arrival(lane, RejectReason.DEADLINE_UNREACHABLE)
+                self._slack(lane, budget, self._share())
             first = False
             if self._fastpath and self._may_find_a_seat(lane):
                 permit = await self._arrive(lane)
@@ -467,7 +464,7 @@ class RedisBackend(LaneQueues[_Waiter]):
         """``Retry-After`` for ``lane``: this instance's queue ahead, drained at its share."""
         if self._mode == "local":
             return self._local.retry_after(lane)
-        return self.discipline.retry_after(sum(self._queued[: lane + 1]), self._share())
+        return self.discipline.retry_after(self._ahead(lane), self._share())
 
     def stats(self) -> GateStats:
         """This instance's requests (its own and its fallback's), under the global seats."""
