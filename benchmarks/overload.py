@@ -456,18 +456,20 @@ def print_series(runs: list[Run], unloaded: dict[str, dict[str, float]]) -> dict
         head += f" | {run.variant.name:>22}"
     print(head)
     sub = f"{'':>4} {'':>5}" + "".join(
-        f" | {'shed%':>6} {'p99n':>8} {'lim' if run.polls else '':>6}" for run in runs)
+        f" | {'shed%':>6} {'p99h':>7} {'p99n':>7} {'lim' if run.polls else '':>4}"
+        for run in runs)
     print(sub)
     for s in range(len(series[runs[0].variant.name])):
         offered = sum(1 for t in runs[0].raw["sched"] if s <= t < s + 1)
         line = f"{s:>4} {offered:>5}"
         for run in runs:
             per = series[run.variant.name][s]["all"]
+            high = series[run.variant.name][s]["high"]
             normal = series[run.variant.name][s]["normal"]
             shed = 100 * per.shed / per.sent if per.sent else 0.0
             limit = run.limit_at(s)
-            line += (f" | {shed:>6.1f} {ms(normal.pct(0.99), 8)} "
-                     f"{'' if limit is None else limit:>6}")
+            line += (f" | {shed:>6.1f} {ms(high.pct(0.99), 7)} {ms(normal.pct(0.99), 7)} "
+                     f"{'' if limit is None else limit:>4}")
         print(line)
     out: dict[str, Any] = {}
     for run in runs:
@@ -487,20 +489,27 @@ def print_series(runs: list[Run], unloaded: dict[str, dict[str, float]]) -> dict
             what = "every lane's p99 <= 2x its unloaded p50 from then on"
             out[name] = {"settled_s": at}
             text = f"from t={at} s" if at is not None else "never within the run"
+            per_lane = {lane: settled(series[name], ref, 0, strict=False, lanes=(lane,))
+                        for lane in LANES}
+            out[name]["settled_s_per_lane"] = per_lane
+            text += "; per lane: " + ", ".join(
+                f"{lane} {'never' if at is None else f'from t={at} s'}"
+                for lane, at in per_lane.items())
         print(f"  {name}: {what}: {text}")
     return out
 
 
 def settled(series: list[dict[str, Stats]], ref: dict[str, float], start: int,
-            strict: bool) -> int | None:
+            strict: bool, lanes: tuple[str, ...] = LANES) -> int | None:
     """First second >= ``start`` from which every later second is fine: no timeout, error
-    or client overflow, every lane's p99 within 2x ``ref`` and (``strict``) no 503."""
+    or client overflow, the p99 of each of ``lanes`` within 2x ``ref`` and (``strict``) no
+    503."""
     def fine(sec: dict[str, Stats]) -> bool:
         every = sec["all"]
         if every.timeouts or every.errors or every.overflow or (strict and every.shed):
             return False
         return all(not sec[lane].ok_latency or sec[lane].pct(0.99) <= 2 * ref.get(lane, 0.0)
-                   for lane in LANES)
+                   for lane in lanes)
 
     at: int | None = None
     for s in range(start, len(series)):

@@ -1,7 +1,8 @@
 """The scheduler's policy alone, in simulated time: T2's mix against the real
 ``PriorityScheduler`` on a ``FakeClock``, with no server, network or event-loop cost.
 
-One command (``.venv/bin/python benchmarks/simulate.py [load] [--seconds S] [--seed N]``) prints
+One command (``.venv/bin/python benchmarks/simulate.py [load] [--seconds S] [--seed N]
+[--limit NAME --seats N] [--jitter F]``) prints
 per lane: admitted, shed by reason, latency p50/p95/p99 and p99 as a multiple of the service
 time, plus the 503 p99 and the busy fraction of the 18 open seats. It separates what the
 scheduling policy costs from what the server adds (compare with ``overload.py``); it measures
@@ -38,10 +39,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-async def simulate(load: float, seconds: float, seed: int) -> None:
+async def simulate(
+    load: float, seconds: float, seed: int, limit: str, seats: int, jitter: float
+) -> None:
     clock = FakeClock()
-    settings = GateSettings(max_concurrent=SEATS, queue_capacity=200, wait_timeout=3)
+    settings = GateSettings(max_concurrent=seats, queue_capacity=200, wait_timeout=3, limit=limit)
     scheduler = PriorityScheduler.from_settings(settings, clock)
+    pool = anyio.Semaphore(SEATS)  # the app's own DB pool: a gate with more seats queues in it
+    trace: dict[int, list[tuple[Priority, float]]] = {}
+    limits: dict[int, int] = {}
     rate = load * SEATS / sum(share * service for _, share, service in MIX)
     rng = random.Random(seed)
     latencies: dict[Priority, list[float]] = {lane: [] for lane, _, _ in MIX}
@@ -57,12 +63,15 @@ async def simulate(load: float, seconds: float, seed: int) -> None:
             shed[lane][exc.reason.value] = shed[lane].get(exc.reason.value, 0) + 1
             shed_after.append(clock.now() - sent)
             return
-        with clock.deadline_scope(clock.now() + service):
-            await anyio.sleep_forever()
+        async with pool:
+            with clock.deadline_scope(clock.now() + service):
+                await anyio.sleep_forever()
         permit.release()
         busy += service
         last_done = clock.now()
         latencies[lane].append(last_done - sent)
+        trace.setdefault(int(sent), []).append((lane, last_done - sent))
+        limits[int(last_done)] = scheduler.limit
 
     async def step_to(moment: float) -> None:
         """Fire every timer up to ``moment`` in order, letting tasks react to each."""
@@ -78,6 +87,7 @@ async def simulate(load: float, seconds: float, seed: int) -> None:
             t += rng.expovariate(rate)
             await step_to(t)
             lane, service = pick_route(rng.random())
+            service *= 1.0 + jitter * (2.0 * rng.random() - 1.0)
             tg.start_soon(request, lane, service, clock.now())
             await anyio.wait_all_tasks_blocked()
         await step_to(float("inf"))
@@ -92,6 +102,14 @@ async def simulate(load: float, seconds: float, seed: int) -> None:
         )
     print(f"  503 p99 {percentile(shed_after, 0.99) * 1e3:.1f} ms; "
           f"seats busy {busy / (OPEN_SEATS * last_done):.3f} of the open seats")
+    if limit != "fixed":
+        print("  per second: limit, p99 per lane as a multiple of the service time")
+        for second in sorted(trace):
+            cells = []
+            for lane, _, service in MIX:
+                xs = [rtt for who, rtt in trace[second] if who == lane]
+                cells.append(f"{lane.label} {percentile(xs, 0.99) / service:5.2f}x")
+            print(f"  {second:3d} s  limit {limits.get(second, 0):3d}  {'  '.join(cells)}")
 
 
 def main() -> None:
@@ -99,8 +117,14 @@ def main() -> None:
     parser.add_argument("load", type=float, nargs="?", default=2.0, help="x capacity (2.0)")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--limit", default="fixed", help="settings.limit (fixed)")
+    parser.add_argument("--seats", type=int, default=SEATS,
+                        help=f"max_concurrent ({SEATS}; T3 sets 10x the pool)")
+    parser.add_argument("--jitter", type=float, default=0.0,
+                        help="service times vary uniformly by +-this fraction (0: exact)")
     args = parser.parse_args()
-    anyio.run(simulate, args.load, args.seconds, args.seed, backend="trio")
+    anyio.run(simulate, args.load, args.seconds, args.seed, args.limit, args.seats, args.jitter,
+              backend="trio")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ from ._permit import Permit
 from ._queues import GRANTED, WAITING, LaneQueues
 from ._settings import GateSettings, LaneSettings, LanesSettings
 from ._stats import GateStats, LaneStats
-from .limits import FixedLimit, Limit, make_limit
+from .limits import FixedLimit, Limit, make_limit, sampler
 
 __all__ = ["PriorityScheduler"]
 
@@ -128,7 +128,7 @@ class PriorityScheduler(LaneQueues[_Waiter]):
         self._active = 0
         self._occupied = 0  # sum over lanes of max(u_i, G_i): I3's left-hand side
         adaptive = limit_algorithm is not None and not isinstance(limit_algorithm, FixedLimit)
-        self._limiter = limit_algorithm if adaptive else None
+        self._limiter = sampler(limit_algorithm) if adaptive and limit_algorithm else None
         self._sample_every = 1 if adaptive else SAMPLE_EVERY
         self._countdown = self._sample_every
         self.discipline = QueueDiscipline(len(_LANES), target_wait, wait_timeout)
@@ -312,7 +312,7 @@ class PriorityScheduler(LaneQueues[_Waiter]):
             if sample:
                 self.discipline.record_service(lane, rtt)
             if self._limiter is not None and (sample or dropped):
-                limit = self._limiter.on_sample(now, rtt, permit.inflight, dropped)
+                limit = self._limiter(now, rtt, permit.inflight, dropped, lane)
                 if limit != self._limit:
                     self.set_limit(limit)
                     return  # set_limit dispatched

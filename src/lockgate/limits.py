@@ -15,10 +15,11 @@ is never pinned low to re-measure an unloaded latency (Envoy's minRTT probe does
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 __all__ = [
     "BUILTIN_LIMITS",
@@ -50,8 +51,26 @@ class Limit(Protocol):
         seat, queue wait excluded; ``inflight``: seats in use when it was admitted, itself
         included; ``dropped``: the app itself signalled overload (its own 503/429/504, a timeout).
         Feed every finished request, not one in N: the first finishers seed the baseline.
+        A limit whose ``on_sample`` also takes a keyword ``kind`` is told the request's lane
+        (an ``int``), as the built-in adaptive limits are.
         """
         ...
+
+
+Sampler = Callable[[float, float, int, bool, int], int]
+"""``(now, rtt, inflight, dropped, kind) -> limit``: how the gate feeds a limit."""
+
+
+def sampler(limit: Limit) -> Sampler:
+    """``limit.on_sample`` taking a ``kind``, whether or not the limit uses one."""
+    on_sample = limit.on_sample
+    if "kind" in inspect.signature(on_sample).parameters:
+        return cast(Sampler, on_sample)
+
+    def kindless(now: float, rtt: float, inflight: int, dropped: bool, kind: int) -> int:
+        return on_sample(now, rtt, inflight, dropped)
+
+    return kindless
 
 
 class FixedLimit:
@@ -80,29 +99,41 @@ class _WindowedLimit:
 
     A window closes at the first sample that finds it ``min_samples`` strong and as long as the
     last window's mean rtt (within ``[min_window, max_window]``), so each decision mostly sees
-    requests admitted under the previous one. Per window: *short* = mean rtt of its undropped
-    samples (a shed request answers fast and would drag it down, Netflix #176); *load* = their
-    mean inflight; *peak* = the largest inflight. A window with ``peak < limit / 2`` is
-    app-limited: demand, not the limit, set the concurrency, so only a drop moves the limit.
+    requests admitted under the previous one. Per window: *ratio* = the rtt of its undropped
+    samples over what they took unloaded (a shed request answers fast and would drag it down,
+    Netflix #176); *load* = their mean inflight; *peak* = the largest inflight. A window with
+    ``peak < limit / 2`` is app-limited: demand, not the limit, set the concurrency, so only a
+    drop moves the limit.
 
-    The *baseline* (unloaded rtt) is where Netflix goes wrong: its EMA of every sample learns
-    the overloaded latency, and the limit climbs back (#137). Here it is seeded by the half of the
-    first ``min_samples`` finishers admitted at the lowest inflight (they did not queue, even if
-    the service starts overloaded); the next windows at no more than twice their load are
-    averaged in (the first finishers of a burst are its fastest requests); then it is an EMA over
-    ``long_window`` seconds fed only by windows within ``rtt_tolerance`` of it in which a seat
-    stayed free: while the limit binds, latency is the controller's choice, not evidence. Two
-    corrections: x0.95 per window while it exceeds twice *short* (latency fell after a long
-    overload), and a reset when the load has halved during an overload and *short* fell by less
-    than 20 %: that latency is the service's own (it got slower), not queueing that fewer seats
-    can cure. Samples with a non-finite time, or an rtt below ``min_rtt`` (gate overhead, not
-    service time; NaN and inf too) are ignored unless dropped.
+    Each *kind* of sample (the gate passes the lane) has its own *baseline* (unloaded rtt), and
+    the ratio is ``sum(rtt) / sum(baseline of each sample's kind)``. One baseline for a mixed
+    service reads a change of mix as a change of latency: shedding the slow batch lane looks like
+    headroom, a window with a few more 200 ms requests like queueing. Per kind, the ratio moves
+    only when requests of the same kind got slower, so the tolerance can be tight.
+
+    The baseline is where Netflix goes wrong: its EMA of every sample learns the overloaded
+    latency, and the limit climbs back (#137). Here it is seeded by the half of the first
+    ``min_samples`` finishers admitted at the lowest inflight, per kind (they did not queue,
+    even if the service starts overloaded); the next windows at no more than twice their load
+    are averaged in (the first finishers of a burst are its fastest requests); then it is an EMA
+    over ``long_window`` seconds fed only by windows in which a seat stayed free and the ratio
+    stayed in the inner half of the tolerance band: under overload the limit settles near the
+    band's edge, and learning there would creep the baseline, then the limit, upwards. A kind
+    first seen later is seeded in a window within tolerance, by its mean less the time the
+    known kinds queued there (queueing for a pool adds the same wait to every kind).
+    Two corrections: x0.95 per window while a baseline exceeds twice its kind's mean (latency
+    fell after a long overload), and a rescale of every baseline when the load has halved
+    during an overload and the ratio fell by less than 20 %: that latency is the service's own
+    (it got slower), not queueing that fewer seats can cure. Samples with a non-finite time, or
+    an rtt below ``min_rtt`` (gate overhead, not service time; NaN and inf too) are ignored
+    unless dropped.
     """
 
     __slots__ = (
-        "_baseline", "_count", "_dropped", "_estimate", "_limit", "_load_sum", "_long_window",
-        "_max", "_min", "_min_rtt", "_min_samples", "_peak", "_recent", "_ref", "_rtt_sum",
-        "_seed", "_seed_load", "_span", "_start", "_taught", "_timed", "_tolerance", "_window",
+        "_acc", "_base", "_count", "_dropped", "_estimate", "_excess", "_limit", "_load_sum",
+        "_long_window", "_max", "_min", "_min_rtt", "_min_samples", "_peak", "_recent", "_ref",
+        "_rtt_sum", "_seed", "_seed_load", "_span", "_start", "_taught", "_timed", "_tolerance",
+        "_window",
     )
 
     def __init__(
@@ -121,11 +152,13 @@ class _WindowedLimit:
         self._estimate = float(initial)
         self._tolerance, self._long_window, self._min_rtt = rtt_tolerance, long_window, min_rtt
         self._span, self._window, self._min_samples = window, window[0], min_samples
-        self._baseline: float | None = None
-        self._recent = 0.0  # EMA of short over a few windows
-        self._seed: list[tuple[float, int]] = []  # (rtt, inflight) until the first window
+        self._base: dict[int, float] = {}  # kind -> unloaded rtt
+        self._acc: dict[int, list[float]] = {}  # kind -> [rtt sum, samples] in this window
+        self._recent = 1.0  # EMA of the ratio over a few windows
+        self._excess = 0.0  # the last window's mean rtt above its baselines, seconds
+        self._seed: list[tuple[float, int, int]] = []  # (rtt, inflight, kind) until seeded
         self._seed_load, self._taught = 0.0, 0
-        self._ref: tuple[float, float] | None = None  # (load, short) at an overload's peak
+        self._ref: tuple[float, float] | None = None  # (load, ratio) at an overload's peak
         self._start: float | None = None
         self._count = self._timed = self._peak = self._load_sum = 0
         self._rtt_sum, self._dropped = 0.0, False
@@ -136,10 +169,21 @@ class _WindowedLimit:
 
     @property
     def baseline_rtt(self) -> float | None:
-        """The learned unloaded rtt, seconds; ``None`` before the first window."""
-        return self._baseline
+        """The learned unloaded rtt of kind 0 (else of the first kind seen), seconds;
+        ``None`` before the first window."""
+        base = self._base
+        return base[0] if 0 in base else next(iter(base.values()), None)
 
-    def on_sample(self, now: float, rtt: float, inflight: int, dropped: bool) -> int:
+    @property
+    def baselines(self) -> dict[int, float]:
+        """The learned unloaded rtt per kind, seconds (a copy)."""
+        return dict(self._base)
+
+    def on_sample(
+        self, now: float, rtt: float, inflight: int, dropped: bool, kind: int = 0
+    ) -> int:
+        """As ``Limit.on_sample``; ``kind`` names what was served (the gate passes the lane):
+        each kind's latency is compared with that kind's own baseline."""
         if not -math.inf < now < math.inf:
             return self._limit
         if dropped:
@@ -148,8 +192,14 @@ class _WindowedLimit:
             self._timed += 1
             self._rtt_sum += rtt
             self._load_sum += inflight
-            if self._baseline is None:
-                self._seed.append((rtt, inflight))
+            acc = self._acc.get(kind)
+            if acc is None:
+                self._acc[kind] = [rtt, 1.0]
+            else:
+                acc[0] += rtt
+                acc[1] += 1.0
+            if not self._base:
+                self._seed.append((rtt, inflight, kind))
         else:
             return self._limit
         start = self._start
@@ -158,64 +208,108 @@ class _WindowedLimit:
         self._count += 1
         if inflight > self._peak:
             self._peak = inflight
-        if self._count >= self._min_samples and (
-            now - start >= self._window or self._baseline is None
-        ):
+        if self._count >= self._min_samples and (now - start >= self._window or not self._base):
             self._close(now - start)
         return self._limit
 
     def _close(self, elapsed: float) -> None:
-        timed, peak, dropped, base = self._timed, self._peak, self._dropped, self._baseline
+        timed, peak, dropped, acc = self._timed, self._peak, self._dropped, self._acc
         short = self._rtt_sum / timed if timed else 0.0
         load = self._load_sum / timed if timed else 0.0
         self._start, self._count, self._timed, self._peak, self._load_sum = None, 0, 0, 0, 0
-        self._rtt_sum, self._dropped = 0.0, False
+        self._rtt_sum, self._dropped, self._acc = 0.0, False, {}
         if timed:
             self._window = min(max(short, self._span[0]), self._span[1])
-        if base is None:
-            if timed:  # the half admitted at the lowest inflight: the least likely to queue
-                calm = sorted(self._seed, key=lambda sample: sample[1])[: (timed + 1) // 2]
-                self._baseline = self._recent = sum(r for r, _ in calm) / len(calm)
-                self._seed_load = sum(n for _, n in calm) / len(calm)
-                self._seed.clear()
+        if not self._base:
+            if timed:
+                self._seed_baselines()
             return
+        ratio = self._ratio(acc)
         before, saturated = self._estimate, peak >= self._limit
         busy = peak * 2 >= before
-        if timed:
-            self._recent = 0.7 * self._recent + 0.3 * short
-        if dropped or (busy and timed):
-            new = self._decide(before, short if timed else None, base, dropped)
+        if ratio is not None:
+            self._recent = 0.8 * self._recent + 0.2 * ratio
+        if dropped or (busy and ratio is not None):
+            new = self._decide(before, ratio, short if timed else None, dropped)
             self._estimate = min(max(new, float(self._min)), float(self._max))
             self._limit = int(self._estimate)
         if timed:
-            self._baseline = self._learn(base, short, load, busy, saturated, elapsed)
+            self._learn(acc, ratio, load, busy, saturated, elapsed)
+
+    def _seed_baselines(self) -> None:
+        """Per kind, the half admitted at the lowest inflight: the least likely to queue."""
+        by_load = sorted(self._seed, key=lambda sample: sample[1])
+        calm = by_load[: (len(by_load) + 1) // 2]
+        self._seed_load = sum(n for _, n, _ in calm) / len(calm)
+        kinds: dict[int, list[float]] = {}
+        for rtt, _, kind in by_load:
+            kinds.setdefault(kind, []).append(rtt)
+        for kind, rtts in kinds.items():
+            half = rtts[: (len(rtts) + 1) // 2]
+            self._base[kind] = sum(half) / len(half)
+        self._seed.clear()
+
+    def _ratio(self, acc: dict[int, list[float]]) -> float | None:
+        """The window's rtt over its samples' baselines; ``None`` without a known kind."""
+        spent = unloaded = samples = 0.0
+        for kind, (total, n) in acc.items():
+            base = self._base.get(kind)
+            if base is not None:
+                spent += total
+                unloaded += n * base
+                samples += n
+        if not unloaded:
+            return None
+        self._excess = (spent - unloaded) / samples  # the mean time queued, if it queued
+        return spent / unloaded
 
     def _learn(
-        self, base: float, short: float, load: float, busy: bool, saturated: bool, elapsed: float
-    ) -> float:
-        within = short <= self._tolerance * base
+        self, acc: dict[int, list[float]], ratio: float | None, load: float, busy: bool,
+        saturated: bool, elapsed: float,
+    ) -> None:
+        bases = self._base
+        if ratio is None:  # only kinds never seen: nothing to compare them with
+            bases.update((kind, total / n) for kind, (total, n) in acc.items())
+            return
+        weight = 0.0
         if self._taught < _WARMUP and load <= 2 * self._seed_load:
             self._taught += 1
-            base += (short - base) / (self._taught + 1)
-        elif within and not saturated:
-            base += min(1.0, 2.0 * elapsed / self._long_window) * (short - base)
+            weight = 1.0 / (self._taught + 1)
+        elif not saturated and ratio <= (1.0 + self._tolerance) / 2:
+            weight = min(1.0, 2.0 * elapsed / self._long_window)
+        within = ratio <= self._tolerance
+        for kind, (total, n) in acc.items():
+            mean = total / n
+            base = bases.get(kind)
+            if base is None:  # first seen now: as queued as the kinds it ran beside
+                if within:
+                    bases[kind] = max(mean - self._excess, mean / max(ratio, 1.0))
+                continue
+            base += weight * (mean - base)
+            bases[kind] = base * 0.95 if base > 2 * mean else base
         if within:
             self._ref = None
         elif busy:
             ref = self._ref
             if ref is None or load > ref[0]:
-                self._ref = (load, short)
+                self._ref = (load, ratio)
             elif load * 2 <= ref[0]:  # concurrency halved: did latency follow?
-                stalled = short >= 0.8 * ref[1]
-                calm = min(short, self._recent)
-                base, self._ref = (calm, None) if stalled else (base, (load, short))
-        return base * 0.95 if base > 2 * short else base
+                if ratio >= 0.8 * ref[1]:  # no: the service itself got slower
+                    scale = min(ratio, self._recent)
+                    for kind in bases:
+                        bases[kind] *= scale
+                    self._recent /= scale
+                    self._ref = None
+                else:
+                    self._ref = (load, ratio)
 
-    def _decide(self, limit: float, short: float | None, base: float, dropped: bool) -> float:
+    def _decide(
+        self, limit: float, ratio: float | None, short: float | None, dropped: bool
+    ) -> float:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(limit={self._limit}, baseline_rtt={self._baseline})"
+        return f"{type(self).__name__}(limit={self._limit}, baselines={self._base})"
 
 
 class AIMDLimit(_WindowedLimit):
@@ -234,7 +328,7 @@ class AIMDLimit(_WindowedLimit):
 
     def __init__(
         self, initial: int = 20, min_limit: int = 20, max_limit: int = 200, *,
-        backoff: float = 0.9, timeout: float = math.inf, rtt_tolerance: float = 1.5,
+        backoff: float = 0.9, timeout: float = math.inf, rtt_tolerance: float = 1.25,
         window: tuple[float, float] = (0.1, 1.0), min_samples: int = 10,
         long_window: float = 600.0, min_rtt: float = 1e-4,
     ) -> None:
@@ -246,10 +340,12 @@ class AIMDLimit(_WindowedLimit):
                          long_window, min_rtt)
         self._backoff, self._timeout = backoff, timeout
 
-    def _decide(self, limit: float, short: float | None, base: float, dropped: bool) -> float:
-        if dropped or short is None or short > self._timeout:
+    def _decide(
+        self, limit: float, ratio: float | None, short: float | None, dropped: bool
+    ) -> float:
+        if dropped or ratio is None or short is None or short > self._timeout:
             return min(limit - 1, limit * self._backoff)
-        if min(short, self._recent) > self._tolerance * base:
+        if min(ratio, self._recent) > self._tolerance:
             return min(limit - 1, limit * self._backoff)
         return limit + 1
 
@@ -261,15 +357,16 @@ def _sqrt_headroom(limit: int) -> float:
 class Gradient2Limit(_WindowedLimit):
     """Netflix's Gradient2: follow the ratio of unloaded to current latency, once per window.
 
-    ``gradient = clamp(rtt_tolerance * baseline / short, 0.5, 1)``, ``new = limit * gradient +
-    headroom``, ``limit += smoothing * (new - limit)``, within ``[min_limit, max_limit]``; a
-    drop counts as gradient 0.5. Under overload it settles where latency is ``rtt_tolerance`` x
-    the unloaded one: behind a pool of P connections, about ``rtt_tolerance * P`` seats. Unlike
-    Netflix, the headroom (``queue_size``, by default ``max(4, sqrt(limit))`` so seats come back
-    quickly at large limits) is added only while latency is within tolerance: added under mild
-    overload it drifts the limit up (PR #134). The default ``rtt_tolerance`` 1.5 leaves room for
-    noisy windows and for a baseline learned on the fastest routes of a mixed service; 1.25
-    gives a tighter latency on a uniform one.
+    ``gradient = clamp(rtt_tolerance / ratio, 0.5, 1)`` (*ratio*: the window's latency over
+    its unloaded one, per kind), ``new = limit * gradient + headroom``, ``limit += smoothing *
+    (new - limit)``, within ``[min_limit, max_limit]``; a drop counts as gradient 0.5. Under
+    overload it settles where latency is ``rtt_tolerance`` x the unloaded one: behind a pool of
+    P connections, about ``rtt_tolerance * P`` seats. Unlike Netflix, the headroom
+    (``queue_size``, by default ``max(4, sqrt(limit))`` so seats come back quickly at large
+    limits) is added only while latency is within tolerance: added under mild overload it
+    drifts the limit up (PR #134). The default ``rtt_tolerance`` is 1.25 (Envoy's buffer;
+    Netflix uses 1.5): with a baseline per lane a change of mix no longer reads as latency, so
+    the band can be that tight. Raise it for a service whose latency is noisy at any load.
     """
 
     __slots__ = ("_queue_size", "_smoothing")
@@ -277,7 +374,7 @@ class Gradient2Limit(_WindowedLimit):
     def __init__(
         self, initial: int = 20, min_limit: int = 20, max_limit: int = 200, *,
         smoothing: float = 0.2, queue_size: float | Callable[[int], float] = _sqrt_headroom,
-        rtt_tolerance: float = 1.5, window: tuple[float, float] = (0.1, 1.0),
+        rtt_tolerance: float = 1.25, window: tuple[float, float] = (0.1, 1.0),
         min_samples: int = 10, long_window: float = 600.0, min_rtt: float = 1e-4,
     ) -> None:
         if not 0 < smoothing <= 1:
@@ -292,10 +389,12 @@ class Gradient2Limit(_WindowedLimit):
             fixed = float(queue_size)
             self._queue_size = lambda _: fixed
 
-    def _decide(self, limit: float, short: float | None, base: float, dropped: bool) -> float:
-        ratio = 0.0 if dropped or short is None else self._tolerance * base / short
-        new = limit * min(max(ratio, 0.5), 1.0)
-        if ratio >= 1.0:
+    def _decide(
+        self, limit: float, ratio: float | None, short: float | None, dropped: bool
+    ) -> float:
+        gradient = 0.0 if dropped or not ratio else self._tolerance / ratio
+        new = limit * min(max(gradient, 0.5), 1.0)
+        if gradient >= 1.0:
             new += max(0.0, self._queue_size(int(limit)))
         return limit + self._smoothing * (new - limit)
 
