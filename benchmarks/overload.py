@@ -453,7 +453,7 @@ def print_series(runs: list[Run], unloaded: dict[str, dict[str, float]]) -> dict
     series = {run.variant.name: run.series() for run in runs}
     head = f"{'t(s)':>4} {'req/s':>5}"
     for run in runs:
-        head += f" | {run.variant.name:>22}"
+        head += f" | {run.variant.name:>28}"
     print(head)
     sub = f"{'':>4} {'':>5}" + "".join(
         f" | {'shed%':>6} {'p99h':>7} {'p99n':>7} {'lim' if run.polls else '':>4}"
@@ -640,8 +640,8 @@ def main() -> None:
                 "lanes": table, "summary": summary, "polls": run.polls, "raw": run.raw,
             })
         if scenario.series and runs:
-            print("per second (by scheduled time): shed % of all lanes, normal-lane p99 (ms), "
-                  "lockgate's limit")
+            print("per second (by scheduled time): shed % of all lanes, high- and normal-lane "
+                  "p99 (ms), lockgate's limit")
             for entry, (vname, times) in zip(
                 report["runs"][-len(runs):], print_series(runs, unloaded).items(), strict=True
             ):
