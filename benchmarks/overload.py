@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import itertools
 import json
 import math
 import os
@@ -420,6 +421,7 @@ def print_variant(run: Run, table: dict[str, dict[str, float]]) -> dict[str, Any
                                "open_seats": open_seats, "shed_codes": dict(codes)}
     if run.polls:
         summary["seats"] = seats = print_seats(run)
+        summary["priority_order"] = print_priority_order(run)
         if run.variant.app.limit != "fixed" and seats["limit_max"] == seats["limit_min"]:
             print(f"{'':<4}note: limit={run.variant.app.limit!r} stayed at {seats['limit_min']} "
                   "throughout (right while the app is not limited; under overload it means "
@@ -446,6 +448,42 @@ def print_seats(run: Run) -> dict[str, Any]:
                       f"{seats[lane]['max']}" for lane in LANES))
     return {"active": active, "queued": queued, "limit_min": min(limits),
             "limit_max": max(limits)}
+
+
+def print_priority_order(run: Run) -> dict[str, int]:
+    """DESIGN §3's shedding order, checked between status polls: an interval in which a lane
+    was refused requests while a lower lane was admitted above its guarantee counts as out of
+    order. At half-second resolution that can also be a lane whose queue emptied for an
+    instant (the scheduler's property test checks the rule exactly); printed with the
+    per-second seats in use per lane when anything was shed."""
+    polls = run.polls
+    intervals = out_of_order = 0
+    per_second: dict[int, list[dict[str, Any]]] = {}
+    for before, after in itertools.pairwise(polls):
+        lanes = after["lanes"]
+        refused = [sum(lanes[lane]["rejected"].values())
+                   - sum(before["lanes"][lane]["rejected"].values()) for lane in LANES]
+        admitted = [lanes[lane]["admitted"] - before["lanes"][lane]["admitted"]
+                    for lane in LANES]
+        above = [lanes[lane]["active"] > lanes[lane]["guaranteed"] for lane in LANES]
+        per_second.setdefault(int(after["t"]), []).append(
+            {"refused": refused, "active": [lanes[lane]["active"] for lane in LANES]})
+        if any(refused):
+            intervals += 1
+            shed = min(i for i, n in enumerate(refused) if n)
+            if any(admitted[j] and above[j] for j in range(shed + 1, len(LANES))):
+                out_of_order += 1
+    if intervals:
+        print(f"{'':<4}shedding order (status polls every 0.5 s): {intervals} intervals shed, "
+              f"{out_of_order} with a lower lane admitted above its guarantee")
+        print(f"{'':<4}per second: seats in use (mean of polls) / requests refused, per lane "
+              + ", ".join(LANES))
+        for second, rows in sorted(per_second.items()):
+            active = [sum(r["active"][i] for r in rows) / len(rows) for i in range(len(LANES))]
+            refused = [sum(r["refused"][i] for r in rows) for i in range(len(LANES))]
+            print(f"{'':<6}{second:>3} s  " + "  ".join(
+                f"{a:5.1f}/{n:<4}" for a, n in zip(active, refused, strict=True)))
+    return {"intervals_shed": intervals, "out_of_order": out_of_order}
 
 
 def print_series(runs: list[Run], unloaded: dict[str, dict[str, float]]) -> dict[str, Any]:
