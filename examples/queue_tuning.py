@@ -1,6 +1,7 @@
 """Queue management settings: the standing-queue target, deadlines, an adaptive limit."""
 
-from lockgate import Gate, GateSettings
+from lockgate import Gate, GateSettings, PriorityScheduler
+from lockgate.limits import Gradient2Limit
 from lockgate.testing import ok_app
 
 settings = GateSettings(
@@ -15,3 +16,9 @@ settings = GateSettings(
 app = Gate(ok_app, settings)
 
 fifo = GateSettings(target_wait=None)  # queue management off: plain FIFO + wait_timeout
+
+# An adaptive limit with your own parameters: here a wider latency band (default 1.25) for a
+# service whose latency is noisy at any load, within 4..200 seats, starting at 200.
+tuned = Gradient2Limit(200, 4, 200, rtt_tolerance=1.5)
+backend = PriorityScheduler.from_settings(settings, limit_algorithm=tuned)
+noisy = Gate(ok_app, settings, backend=backend)

@@ -351,6 +351,9 @@ async def test_queue_tuning_example() -> None:
     assert module.app.scheduler.adaptive
     assert module.fifo.target_wait is None
     assert (await call(module.app, "GET", "/x")).status_code == 200
+    assert module.noisy.scheduler.adaptive
+    assert module.noisy.stats().limit == 200  # the hand-built limit's, not max_concurrent's 20
+    assert (await call(module.noisy, "GET", "/x")).status_code == 200
 
 
 def test_settings_env_example(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -136,9 +136,13 @@ class PriorityScheduler(LaneQueues[_Waiter]):
 
     @classmethod
     def from_settings(
-        cls, settings: GateSettings, clock: Clock | None = None
+        cls, settings: GateSettings, clock: Clock | None = None,
+        limit_algorithm: Limit | None = None,
     ) -> PriorityScheduler:
-        """A scheduler sized and shaped by ``settings``."""
+        """A scheduler sized and shaped by ``settings``; ``limit_algorithm`` (a ``Limit``
+        built with your own parameters) replaces the one ``settings.limit`` names."""
+        if limit_algorithm is None:
+            limit_algorithm = make_limit(settings.limit, settings.max_concurrent)
         return cls(
             settings.max_concurrent,
             settings.lanes,
@@ -146,7 +150,7 @@ class PriorityScheduler(LaneQueues[_Waiter]):
             wait_timeout=settings.wait_timeout,
             reject_threshold=settings.reject_threshold,
             target_wait=settings.target_wait,
-            limit_algorithm=make_limit(settings.limit, settings.max_concurrent),
+            limit_algorithm=limit_algorithm,
             clock=clock,
         )
 
