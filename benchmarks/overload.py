@@ -214,12 +214,12 @@ class Server:
 
 
 @contextlib.contextmanager
-def serve(variant: Variant, nice: int) -> Iterator[Server]:
+def serve(variant: Variant, nice: int, loop: str = "uvloop") -> Iterator[Server]:
     """Start uvicorn on core 0 for ``variant``; stop it on exit."""
     port = free_port()
     cmd = [*launcher(0, nice), sys.executable, "-m", "uvicorn", "sample_service:create_app",
            "--factory", "--app-dir", str(HERE), "--host", HOST, "--port", str(port),
-           "--http", "httptools", "--loop", "uvloop", "--no-access-log", "--log-level", "warning",
+           "--http", "httptools", "--loop", loop, "--no-access-log", "--log-level", "warning",
            "--timeout-keep-alive", "75"]
     if variant.uvicorn_limit is not None:
         cmd += ["--limit-concurrency", str(variant.uvicorn_limit)]
@@ -333,14 +333,15 @@ class Run:
         }
 
 
-def run_one(scenario: Scenario, variant: Variant, seed: int, nice: int) -> Run:
+def run_one(scenario: Scenario, variant: Variant, seed: int, nice: int,
+            loop: str = "uvloop") -> Run:
     """Start the variant's server, offer the scenario's load, collect everything."""
     spec = Spec(
         port=0, routes=[(r.method, r.path, r.body.decode()) for r in ROUTES],
         weights=[r.weight for r in ROUTES], schedule=scenario.schedule, seed=seed,
         timeout=CLIENT_TIMEOUT, max_connections=MAX_CONNECTIONS,
     )
-    with serve(variant, nice) as server:
+    with serve(variant, nice, loop) as server:
         poller = StatusPoller(server.port) if variant.app.kind == "lockgate" else None
         if poller is not None:
             poller.start()
@@ -613,6 +614,8 @@ def main() -> None:
     parser.add_argument("--service-jitter", type=float, default=0.0, metavar="F",
                         help="vary each service time uniformly by up to +-F (0.1 = 10 %%; "
                         "default 0: exact sleeps, which phase-lock on uvloop)")
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
+                        help="the server's event loop (default uvloop, as in production)")
     args = parser.parse_args()
     if not 0.0 <= args.service_jitter < 1.0:
         parser.error("--service-jitter must be in [0, 1)")
@@ -624,7 +627,8 @@ def main() -> None:
         for r in ROUTES))
     print(f"capacity = {POOL} / {1000 * mean_service_time():.1f} ms = {CAPACITY:.1f} req/s; "
           f"server on core 0, load generator on core 1; client timeout {CLIENT_TIMEOUT:g} s; "
-          f"service times {f'+-{args.service_jitter:.0%}' if args.service_jitter else 'exact'}")
+          f"service times {f'+-{args.service_jitter:.0%}' if args.service_jitter else 'exact'}; "
+          f"server loop {args.loop}")
     report: dict[str, Any] = {"machine": info, "capacity": CAPACITY, "runs": [], "skipped": {}}
     if args.scenario == "calibrate":
         report["calibrate"] = calibrate(args.quick, args.nice)
@@ -662,7 +666,7 @@ def main() -> None:
                 print(f"{vname}: skipped: {reason}")
                 report["skipped"][f"{name}/{vname}"] = reason
                 continue
-            runs.append(run_one(scenario, variant, args.seed + index, args.nice))
+            runs.append(run_one(scenario, variant, args.seed + index, args.nice, args.loop))
         print(HEADER)
         for run in runs:
             ref = unloaded.get(run.variant.unloaded_from, {})

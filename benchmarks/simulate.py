@@ -87,7 +87,8 @@ async def simulate(
             t += rng.expovariate(rate)
             await step_to(t)
             lane, service = pick_route(rng.random())
-            service *= 1.0 + jitter * (2.0 * rng.random() - 1.0)
+            if jitter:  # no draw without it: exact runs keep their numbers
+                service *= 1.0 + jitter * (2.0 * rng.random() - 1.0)
             tg.start_soon(request, lane, service, clock.now())
             await anyio.wait_all_tasks_blocked()
         await step_to(float("inf"))

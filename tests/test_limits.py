@@ -285,9 +285,74 @@ def test_a_kind_first_seen_under_queueing_is_seeded_without_the_queueing(
     assert 2 not in limit.baselines
 
 
+def windows_of(limit: Limit, t: float, n: int, samples: list[tuple[int, float]],
+               inflight: int) -> float:
+    """``n`` windows cycling through ``(kind, rtt)`` samples, 20 per window, 0.06 s apart."""
+    for _ in range(n):
+        for i in range(20):
+            t += 0.06
+            kind, rtt = samples[i % len(samples)]
+            limit.on_sample(t, rtt, inflight, False, kind)  # type: ignore[call-arg]
+    return t
+
+
+@pytest.mark.parametrize("cls", ADAPTIVE)
+def test_a_mild_slowdown_while_app_limited_is_learned(cls: Callable[..., Adaptive]) -> None:
+    """The service gets 20 % slower while demand, not the limit, sets the concurrency:
+    within the band, so the baseline follows it (the narrow learning band is for busy
+    windows only, where the limit parks at the band's edge)."""
+    limit = cls(100, 4, 100, long_window=60.0)
+    t = windows_of(limit, 0.0, 1, [(FAST, S)], inflight=5)
+    windows_of(limit, t, 400, [(FAST, 1.2 * S)], inflight=20)
+    assert limit.baselines[FAST] == pytest.approx(1.2 * S, rel=0.02)
+
+
+@pytest.mark.parametrize("cls", ADAPTIVE)
+def test_windows_of_unseen_lanes_only_seed_them_at_the_seeds_load_only(
+    cls: Callable[..., Adaptive],
+) -> None:
+    """Traffic switches entirely to a lane never seen before, during an overload (queued
+    3x): nothing to compare it with, and its latency is not its unloaded one, so it is not
+    learned. At the load the first seed was taken at, it is."""
+    limit = cls(200, 4, 200)
+    t = windows_of(limit, 0.0, 1, [(FAST, S)], inflight=5)
+    t = windows_of(limit, t, 5, [(SLOW, 3 * 4 * S)], inflight=150)
+    assert SLOW not in limit.baselines and limit.limit == 200
+    windows_of(limit, t, 1, [(SLOW, 4 * S)], inflight=6)
+    assert limit.baselines[SLOW] == pytest.approx(4 * S)
+
+
+@pytest.mark.parametrize("cls", ADAPTIVE)
+def test_a_new_lane_beside_faster_than_usual_ones_keeps_its_own_latency(
+    cls: Callable[..., Adaptive],
+) -> None:
+    """The known lane runs faster than its baseline (a negative excess): the new lane's
+    baseline is its own mean, not more."""
+    limit = cls(200, 4, 200)
+    t = windows_of(limit, 0.0, 1, [(FAST, S)], inflight=5)
+    windows_of(limit, t, 1, [(FAST, 0.8 * S), (SLOW, 0.01)], inflight=150)
+    assert limit.baselines[SLOW] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("cls", ADAPTIVE)
+def test_a_stall_relearns_the_lanes_served_then_and_no_other(
+    cls: Callable[..., Adaptive],
+) -> None:
+    """Only the slow lane's dependency got 3x slower, during an overload: once the load has
+    halved and its latency did not follow, its baseline is relearned; the fast lane's, which
+    was not served then, stays."""
+    limit = cls(200, 4, 200)
+    t = windows_of(limit, 0.0, 1, [(FAST, S), (SLOW, 4 * S)], inflight=5)
+    t = windows_of(limit, t, 3, [(SLOW, 3 * 4 * S)], inflight=limit.limit)
+    for _ in range(12):
+        t = windows_of(limit, t, 1, [(SLOW, 3 * 4 * S)], inflight=limit.limit)
+    assert limit.baselines[FAST] == pytest.approx(S)
+    assert limit.baselines[SLOW] >= 2 * 4 * S
+
+
 def test_the_scheduler_reports_the_lane_and_feeds_kindless_limits_too() -> None:
     """The built-in limits learn one baseline per lane; a plugin whose ``on_sample`` takes no
-    ``kind`` is fed without one."""
+    ``kind`` is fed without one, and one taking it as a keyword gets it by keyword."""
     seen: list[tuple[float, int]] = []
 
     class Kindless:
@@ -297,8 +362,17 @@ def test_the_scheduler_reports_the_lane_and_feeds_kindless_limits_too() -> None:
             seen.append((rtt, inflight))
             return 8
 
+    lanes: list[int] = []
+
+    class KeywordKind(Kindless):
+        def on_sample(  # type: ignore[override]
+            self, now: float, rtt: float, inflight: int, dropped: bool, *, kind: int = 0
+        ) -> int:
+            lanes.append(kind)
+            return 8
+
     builtin = Gradient2Limit(8, 1, 8)
-    for algorithm in (builtin, Kindless()):
+    for algorithm in (builtin, Kindless(), KeywordKind()):
         clock = FakeClock()
         scheduler = PriorityScheduler(limit_algorithm=algorithm, clock=clock)
         for lane, service in ((Priority.HIGH, 0.05), (Priority.LOW, 0.2)) * 10:
@@ -308,6 +382,7 @@ def test_the_scheduler_reports_the_lane_and_feeds_kindless_limits_too() -> None:
             permit.release()
     assert builtin.baselines == pytest.approx({Priority.HIGH: 0.05, Priority.LOW: 0.2})
     assert len(seen) == 20 and seen[1][0] == pytest.approx(0.2)
+    assert lanes == [Priority.HIGH, Priority.LOW] * 10
 
 
 # -- no shrinking without cause, recovery, bounds ------------------------------------------------

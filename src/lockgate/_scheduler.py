@@ -128,7 +128,9 @@ class PriorityScheduler(LaneQueues[_Waiter]):
         self._active = 0
         self._occupied = 0  # sum over lanes of max(u_i, G_i): I3's left-hand side
         adaptive = limit_algorithm is not None and not isinstance(limit_algorithm, FixedLimit)
-        self._limiter = sampler(limit_algorithm) if adaptive and limit_algorithm else None
+        self._limiter = (
+            sampler(limit_algorithm) if adaptive and limit_algorithm is not None else None
+        )
         self._sample_every = 1 if adaptive else SAMPLE_EVERY
         self._countdown = self._sample_every
         self.discipline = QueueDiscipline(len(_LANES), target_wait, wait_timeout)

@@ -28,7 +28,9 @@ __all__ = [
     "FixedLimit",
     "Gradient2Limit",
     "Limit",
+    "Sampler",
     "make_limit",
+    "sampler",
 ]
 
 ENTRY_POINT_GROUP = "lockgate.limits"
@@ -62,10 +64,20 @@ Sampler = Callable[[float, float, int, bool, int], int]
 
 
 def sampler(limit: Limit) -> Sampler:
-    """``limit.on_sample`` taking a ``kind``, whether or not the limit uses one."""
+    """``limit.on_sample`` taking a ``kind``, whether or not the limit uses one (it is passed
+    by keyword when the limit declares a parameter of that name)."""
     on_sample = limit.on_sample
-    if "kind" in inspect.signature(on_sample).parameters:
-        return cast(Sampler, on_sample)
+    try:
+        keyed = "kind" in inspect.signature(on_sample).parameters
+    except (TypeError, ValueError):  # no signature to read: feed it the protocol's four
+        keyed = False
+    if keyed:
+        with_kind = cast(Callable[..., int], on_sample)
+
+        def kinded(now: float, rtt: float, inflight: int, dropped: bool, kind: int) -> int:
+            return with_kind(now, rtt, inflight, dropped, kind=kind)
+
+        return kinded
 
     def kindless(now: float, rtt: float, inflight: int, dropped: bool, kind: int) -> int:
         return on_sample(now, rtt, inflight, dropped)
@@ -117,23 +129,25 @@ class _WindowedLimit:
     even if the service starts overloaded); the next windows at no more than twice their load
     are averaged in (the first finishers of a burst are its fastest requests); then it is an EMA
     over ``long_window`` seconds fed only by windows in which a seat stayed free and the ratio
-    stayed in the inner half of the tolerance band: under overload the limit settles near the
-    band's edge, and learning there would creep the baseline, then the limit, upwards. A kind
-    first seen later is seeded in a window within tolerance, by its mean less the time the
-    known kinds queued there (queueing for a pool adds the same wait to every kind).
-    Two corrections: x0.95 per window while a baseline exceeds twice its kind's mean (latency
-    fell after a long overload), and a rescale of every baseline when the load has halved
-    during an overload and the ratio fell by less than 20 %: that latency is the service's own
-    (it got slower), not queueing that fewer seats can cure. Samples with a non-finite time, or
-    an rtt below ``min_rtt`` (gate overhead, not service time; NaN and inf too) are ignored
-    unless dropped.
+    stayed within tolerance; for busy windows, within the inner half of the band: under
+    overload the limit parks at the band's edge, and learning there would creep the baseline,
+    then the limit, upwards. A kind first seen later is seeded in a window within tolerance,
+    by its mean less the time the known kinds queued there (queueing for a pool adds the same
+    wait to every kind); a window of unseen kinds only, at no more than twice the first
+    seed's load. Two corrections: x0.95 per window while a baseline exceeds twice its kind's
+    mean (latency fell after a long overload), and relearning the kinds served in a window
+    when the load has halved during an overload and the ratio fell by less than 20 %: that
+    latency is the service's own (it got slower), not queueing that fewer seats can cure.
+    Samples with a non-finite time, or an rtt below ``min_rtt`` (gate overhead, not service
+    time; NaN and inf too) are ignored unless dropped. Kinds are meant to be few (lanes,
+    route classes): each keeps a baseline for the life of the limit.
     """
 
     __slots__ = (
         "_acc", "_base", "_count", "_dropped", "_estimate", "_excess", "_limit", "_load_sum",
         "_long_window", "_max", "_min", "_min_rtt", "_min_samples", "_peak", "_recent", "_ref",
-        "_rtt_sum", "_seed", "_seed_load", "_span", "_start", "_taught", "_timed", "_tolerance",
-        "_window",
+        "_rtt_sum", "_seed", "_seed_load", "_seen", "_span", "_start", "_taught", "_timed",
+        "_tolerance", "_window",
     )
 
     def __init__(
@@ -153,6 +167,7 @@ class _WindowedLimit:
         self._tolerance, self._long_window, self._min_rtt = rtt_tolerance, long_window, min_rtt
         self._span, self._window, self._min_samples = window, window[0], min_samples
         self._base: dict[int, float] = {}  # kind -> unloaded rtt
+        self._seen: dict[int, int] = {}  # kind -> timed samples in closed windows
         self._acc: dict[int, list[float]] = {}  # kind -> [rtt sum, samples] in this window
         self._recent = 1.0  # EMA of the ratio over a few windows
         self._excess = 0.0  # the last window's mean rtt above its baselines, seconds
@@ -169,10 +184,12 @@ class _WindowedLimit:
 
     @property
     def baseline_rtt(self) -> float | None:
-        """The learned unloaded rtt of kind 0 (else of the first kind seen), seconds;
-        ``None`` before the first window."""
-        base = self._base
-        return base[0] if 0 in base else next(iter(base.values()), None)
+        """The learned unloaded rtt of the kind sampled most, seconds; ``None`` before the
+        first window."""
+        base, seen = self._base, self._seen
+        if not base:
+            return None
+        return base[max(base, key=lambda kind: seen.get(kind, 0))]
 
     @property
     def baselines(self) -> dict[int, float]:
@@ -268,14 +285,18 @@ class _WindowedLimit:
         saturated: bool, elapsed: float,
     ) -> None:
         bases = self._base
-        if ratio is None:  # only kinds never seen: nothing to compare them with
-            bases.update((kind, total / n) for kind, (total, n) in acc.items())
+        for kind, (_, n) in acc.items():
+            self._seen[kind] = self._seen.get(kind, 0) + int(n)
+        if ratio is None:  # only kinds never seen: nothing to compare them with, so they
+            if load <= 2 * self._seed_load:  # are seeded only at the first seed's load
+                bases.update((kind, total / n) for kind, (total, n) in acc.items())
             return
         weight = 0.0
+        band = (1.0 + self._tolerance) / 2 if busy else self._tolerance
         if self._taught < _WARMUP and load <= 2 * self._seed_load:
             self._taught += 1
             weight = 1.0 / (self._taught + 1)
-        elif not saturated and ratio <= (1.0 + self._tolerance) / 2:
+        elif not saturated and ratio <= band:
             weight = min(1.0, 2.0 * elapsed / self._long_window)
         within = ratio <= self._tolerance
         for kind, (total, n) in acc.items():
@@ -283,7 +304,7 @@ class _WindowedLimit:
             base = bases.get(kind)
             if base is None:  # first seen now: as queued as the kinds it ran beside
                 if within:
-                    bases[kind] = max(mean - self._excess, mean / max(ratio, 1.0))
+                    bases[kind] = max(mean - max(self._excess, 0.0), mean / max(ratio, 1.0))
                 continue
             base += weight * (mean - base)
             bases[kind] = base * 0.95 if base > 2 * mean else base
@@ -294,11 +315,11 @@ class _WindowedLimit:
             if ref is None or load > ref[0]:
                 self._ref = (load, ratio)
             elif load * 2 <= ref[0]:  # concurrency halved: did latency follow?
-                if ratio >= 0.8 * ref[1]:  # no: the service itself got slower
-                    scale = min(ratio, self._recent)
-                    for kind in bases:
-                        bases[kind] *= scale
-                    self._recent /= scale
+                if ratio >= 0.8 * ref[1]:  # no: the service itself got slower, in the
+                    for kind, (total, n) in acc.items():  # lanes served now (not the others)
+                        if kind in bases:
+                            bases[kind] = min(total / n, bases[kind] * self._recent)
+                    self._recent = 1.0
                     self._ref = None
                 else:
                     self._ref = (load, ratio)
