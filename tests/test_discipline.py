@@ -3,6 +3,7 @@ scaling, deadline admission and Retry-After. All on a fake clock: zero wall time
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import anyio
@@ -274,3 +275,136 @@ async def test_lower_lane_is_refused_at_once_while_a_higher_lane_stands() -> Non
         assert holder is not None
         holder.release()
     assert scheduler.stats().lanes[Priority.LOW].rejected == {"QUEUE_FULL": 1, "QUEUE_TIMEOUT": 1}
+
+
+# -- found in review (third session) ------------------------------------------------------------
+
+
+async def test_a_queue_that_emptied_without_service_stops_standing_after_an_interval() -> None:
+    """NORMAL's queue stood and then emptied by a timeout, not by service: for one interval
+    it still counts as standing (shedding must not reset the overload it answers); after
+    that, with no queue at all, it must not keep LOW arrivals refused."""
+    scheduler, clock = make(limit=2)
+    teach_service_time(scheduler, clock, 0.02)  # interval 100 ms
+    holders = [scheduler.try_acquire(NORMAL), scheduler.try_acquire(NORMAL)]
+    async with anyio.create_task_group() as tg:
+        w = Waiters(scheduler, tg)
+        await w.add("normal")
+        clock.advance(0.11)
+        assert scheduler.discipline.overloaded(NORMAL, clock.now())
+        clock.advance(10.0)  # "normal" times out (wait_timeout 10): no NORMAL queue now
+        await wait_all_tasks_blocked()
+        assert isinstance(w.outcome["normal"], QueueTimeout)
+        assert scheduler.discipline.overloaded(NORMAL, clock.now())  # within the interval
+        clock.advance(0.11)
+        assert not scheduler.discipline.overloaded(NORMAL, clock.now())
+        await w.add("low", Priority.LOW)
+        assert "low" not in w.outcome  # queued, not refused
+        tg.cancel_scope.cancel()
+    for holder in holders:
+        assert holder is not None
+        holder.release()
+
+
+async def test_a_higher_lane_stuck_at_its_max_does_not_block_the_lanes_below() -> None:
+    """HIGH may hold at most 1 of 3 seats (borrow_limit 0) and its queue stands: the seats
+    NORMAL holds can only go to NORMAL, so NORMAL arrivals wait instead of being refused."""
+    from lockgate import LanesSettings
+
+    lanes = LanesSettings.model_validate(
+        {"critical": {"share": 0.0}, "high": {"share": 1, "borrow_limit": 0.0},
+         "normal": {"share": 2}, "low": {"share": 0.0}}
+    )
+    clock = FakeClock()
+    scheduler = PriorityScheduler(3, lanes, target_wait=0.05, wait_timeout=10, clock=clock)
+    teach_service_time(scheduler, clock, 0.02)
+    high = scheduler.try_acquire(Priority.HIGH)
+    normals = [scheduler.try_acquire(NORMAL), scheduler.try_acquire(NORMAL)]
+    assert high is not None and all(normals)
+    async with anyio.create_task_group() as tg:
+        w = Waiters(scheduler, tg)
+        await w.add("high", Priority.HIGH)
+        clock.advance(0.11)
+        assert scheduler.discipline.overloaded(Priority.HIGH, clock.now())
+        await w.add("normal")
+        assert "normal" not in w.outcome  # waiting for a NORMAL seat, not refused
+        normals[0].release()  # type: ignore[union-attr]
+        await wait_all_tasks_blocked()
+        assert isinstance(w.outcome["normal"], Permit)
+        tg.cancel_scope.cancel()
+    high.release()
+
+
+async def test_no_deadline_refusal_before_anything_has_finished() -> None:
+    """At a cold start nothing predicts the wait: a request with a 1 s budget queues (and
+    never waits past its budget) instead of being refused because wait_timeout is 10 s."""
+    scheduler, clock = make(limit=1)
+    holder = scheduler.try_acquire(NORMAL)
+    async with anyio.create_task_group() as tg:
+        w = Waiters(scheduler, tg)
+        await w.add("deadline", budget=1.0)
+        assert "deadline" not in w.outcome
+        clock.advance(1.0)
+        await wait_all_tasks_blocked()
+        assert isinstance(w.outcome["deadline"], QueueTimeout)
+    assert holder is not None
+    holder.release()
+
+
+def test_a_seat_passed_on_after_a_cancel_is_not_a_service_time() -> None:
+    """Waiters cancelled in the instant their seat was granted hand it on: held for no time,
+    that is not a sample of how long requests take (it would shorten the target, the
+    predicted waits and Retry-After, and push an adaptive limit up)."""
+
+    async def main() -> tuple[float, float]:
+        clock = FakeClock()
+        scheduler = PriorityScheduler(1, wait_timeout=30, target_wait=None, clock=clock)
+        holder = scheduler.try_acquire(NORMAL)
+        assert holder is not None
+        for _ in range(8):  # every granted waiter is timed: holds of 0.5 s
+            waiter = asyncio.create_task(scheduler.acquire(NORMAL))
+            await asyncio.sleep(0)
+            clock.advance(0.5)
+            holder.release()
+            holder = await waiter
+        for _ in range(10):  # three waiters granted in turn and cancelled together
+            gone = [asyncio.create_task(scheduler.acquire(NORMAL)) for _ in range(3)]
+            last = asyncio.create_task(scheduler.acquire(NORMAL))
+            await asyncio.sleep(0)
+            clock.advance(0.5)
+            holder.release()
+            for task in gone:
+                task.cancel()
+            await asyncio.gather(*gone, return_exceptions=True)
+            holder = await last
+        clock.advance(0.5)
+        holder.release()
+        return scheduler.discipline.service_time(NORMAL), scheduler.discipline.mean_service
+
+    median, mean = asyncio.run(main())
+    assert median == pytest.approx(0.5) and mean == pytest.approx(0.5)
+
+
+async def test_no_time_to_wait_displaces_no_one() -> None:
+    """A HIGH arrival with a zero timeout is refused at once: it must not first push a LOW
+    waiter out of a full queue."""
+    clock = FakeClock()
+    scheduler = PriorityScheduler(1, queue_capacity=1, wait_timeout=10, clock=clock)
+    holder = scheduler.try_acquire(NORMAL)
+    async with anyio.create_task_group() as tg:
+        w = Waiters(scheduler, tg)
+        await w.add("low", Priority.LOW)
+        with pytest.raises(QueueTimeout):
+            await scheduler.acquire(Priority.HIGH, timeout=0)
+        await wait_all_tasks_blocked()
+        assert "low" not in w.outcome
+        tg.cancel_scope.cancel()
+    assert holder is not None
+    holder.release()
+
+
+def test_retry_after_survives_an_infinite_wait_timeout() -> None:
+    """Before any sample the drain is one wait_timeout: an infinite one still gives an
+    integer Retry-After within 1..60."""
+    discipline = QueueDiscipline(4, 0.05, math.inf)
+    assert discipline.retry_after(3, 10, jitter=0.5) == 60

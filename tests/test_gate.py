@@ -545,13 +545,14 @@ async def test_deadline_unreachable_only_when_deadline_headers_enabled() -> None
     for enabled, expected in [(True, 503), (False, None)]:
         app = HoldApp()
         gate = gate_for(app, max_concurrent=1, deadline_headers=enabled)
+        gate.scheduler.discipline.record_service(Priority.NORMAL, 2.0)  # a 2 s endpoint
         async with anyio.create_task_group() as tg:
             await start(tg, gate, "/hold")
             ex = Exchange(gate, path="/x", headers=[(b"x-request-timeout", b"0.5")])
             ex.push_body()
             tg.start_soon(ex.run)
             await wait_all_tasks_blocked()
-            # No service sample yet: the predicted wait is one wait_timeout (3 s) > 0.5 s.
+            # The predicted wait (one 2 s service) alone exceeds the 0.5 s budget.
             assert ex.status == expected
             if expected:
                 assert_rejection(ex, "DEADLINE_UNREACHABLE")

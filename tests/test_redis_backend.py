@@ -646,9 +646,10 @@ async def test_wait_timeout(inst: Instances) -> None:
 
 async def test_a_deadline_that_cannot_be_met_is_refused_at_once(inst: Instances) -> None:
     backend = await inst.make(settings(1))
+    backend.discipline.record_service(NORMAL, 2.0)  # a 2 s endpoint
     permits = await hold(backend, NORMAL, 1)
     with anyio.fail_after(0.5), pytest.raises(DeadlineUnreachable):
-        await backend.acquire(NORMAL, budget=0.1)  # no sample yet: a wait_timeout predicted
+        await backend.acquire(NORMAL, budget=0.1)  # 2 s predicted
     release(permits)
 
 

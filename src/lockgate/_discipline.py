@@ -61,6 +61,7 @@ class QueueDiscipline:
         self._service = [_Median() for _ in range(lanes)]
         self._standing_since: list[float | None] = [None] * lanes
         self._emptied_at = [0.0] * lanes
+        self._empty = [True] * lanes
         self.mean_service = 0.0
 
     # -- service times and standing queues -------------------------------------------------
@@ -90,6 +91,7 @@ class QueueDiscipline:
     def queue_started(self, lane: int, now: float) -> None:
         """``lane``'s queue went from empty to one waiter."""
         since = self._standing_since[lane]
+        self._empty[lane] = False
         if since is None or now - self._emptied_at[lane] >= self.interval(lane):
             self._standing_since[lane] = now
 
@@ -97,6 +99,7 @@ class QueueDiscipline:
         """``lane``'s queue became empty: by serving its last waiter (the queue is gone), or
         by shedding, displacement, cancellation (it still stands unless it stays empty for
         an interval -- else shedding would reset the overload it answers)."""
+        self._empty[lane] = True
         if served:
             self._standing_since[lane] = None
         else:
@@ -107,8 +110,15 @@ class QueueDiscipline:
 
         Never before the first service-time sample: until something has finished, nothing
         says how long a queue may stand, and a slow endpoint must not be shed on start-up.
+        Nor once the queue has stayed empty for an interval, however it emptied.
         """
         since = self._standing_since[lane]
+        if (
+            since is not None
+            and self._empty[lane]
+            and now - self._emptied_at[lane] >= self.interval(lane)
+        ):
+            self._standing_since[lane] = since = None
         return (
             since is not None
             and self.target_wait is not None
@@ -128,7 +138,7 @@ class QueueDiscipline:
     def retry_after(self, ahead: int, limit: int, jitter: float | None = None) -> int:
         """``Retry-After``: the predicted drain time for ``ahead`` waiters, plus up to 50 %
         jitter so refused clients do not come back together; an integer in 1..60."""
-        drain = self.predicted_wait(ahead, limit)
+        drain = min(self.predicted_wait(ahead, limit), float(RETRY_AFTER_MAX))
         if jitter is None:
             jitter = random.random() * 0.5
         return max(1, min(RETRY_AFTER_MAX, math.ceil(drain * (1.0 + jitter))))

@@ -86,6 +86,10 @@ class LaneQueues(ABC, Generic[W]):
     def _guarantee(self, lane: Priority) -> int:
         """Seats guaranteed to ``lane``."""
 
+    @abstractmethod
+    def _capped(self, lane: Priority) -> bool:
+        """Is ``lane`` at a Max below the limit (so seats other lanes free do not go to it)?"""
+
     def record_rejection(self, lane: Priority, reason: RejectReason) -> None:
         """Count a rejection decided elsewhere (e.g. by a degradation policy)."""
         counts = self._rejected[lane]
@@ -104,8 +108,11 @@ class LaneQueues(ABC, Generic[W]):
         """The wait a request with ``budget`` seconds left can afford (its budget less the
         lane's service time); refuses it at once (``DEADLINE_UNREACHABLE``) when the predicted
         wait for ``seats`` seats already exceeds that."""
-        slack = budget - self.discipline.service_time(lane)
-        if self.discipline.predicted_wait(self._ahead(lane), seats) > slack:
+        discipline = self.discipline
+        if discipline.mean_service <= 0.0:  # nothing has finished yet: no prediction to
+            return budget  # refuse on, but the wait still ends within the budget
+        slack = budget - discipline.service_time(lane)
+        if discipline.predicted_wait(self._ahead(lane), seats) > slack:
             self._reject_arrival(lane, RejectReason.DEADLINE_UNREACHABLE)
         return slack
 
@@ -132,7 +139,7 @@ class LaneQueues(ABC, Generic[W]):
         if waiter.state == GRANTED and permit is not None:
             self._admitted[permit.lane] -= 1
             self._wait_sum -= permit.waited
-            permit.release()
+            permit.release(sample=False)  # held for no time: not a service time
 
     def _outcome(self, waiter: W) -> Permit:
         """After a wait: the permit granted, or the rejection raised (``QUEUE_TIMEOUT`` when
@@ -210,7 +217,10 @@ class LaneQueues(ABC, Generic[W]):
         would only wait to be shed."""
         if not lane or self._lower_surplus(lane):
             return False
-        if not any(self.discipline.overloaded(high, now) for high in _LANES[:lane]):
+        if not any(  # a higher lane at its Max takes no seat the other lanes free
+            self.discipline.overloaded(high, now) and not self._capped(high)
+            for high in _LANES[:lane]
+        ):
             return False
         self._shed_stale(lane, math.inf)
         return True

@@ -176,8 +176,9 @@ class PriorityScheduler(LaneQueues[_Waiter]):
     def set_limit(self, limit: int) -> None:
         """Change ``C``; lane seats are re-apportioned, waiters served if seats appeared.
 
-        Holders above a lowered limit keep their seats; new admissions wait until the
-        lanes are back under it.
+        Holders above a lowered limit keep their seats; new admissions above a lane's
+        guarantee wait until the lanes are back under it (a lane under its guarantee is still
+        admitted: that is what the guarantee is for).
         """
         if limit < 1:
             raise ValueError("limit must be >= 1")
@@ -237,6 +238,8 @@ class PriorityScheduler(LaneQueues[_Waiter]):
         wait = self._wait_timeout if timeout is None else timeout
         if budget is not None:
             wait = min(wait, self._slack(lane, budget, self._limit))
+        if not wait > 0:  # no time to wait: it must not displace anyone either
+            self._reject_arrival(lane, RejectReason.QUEUE_TIMEOUT)
         waiter = self._enqueue(lane)
         deadline = waiter.enqueued + wait
         try:
@@ -304,6 +307,10 @@ class PriorityScheduler(LaneQueues[_Waiter]):
 
     def _guarantee(self, lane: Priority) -> int:
         return self._guaranteed[lane]
+
+    def _capped(self, lane: Priority) -> bool:
+        most = self._max[lane]
+        return most < self._limit and self._used[lane] >= most
 
     def _release(self, permit: Permit, dropped: bool, sample: bool) -> None:
         lane = permit.lane

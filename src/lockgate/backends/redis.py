@@ -712,6 +712,10 @@ class RedisBackend(LaneQueues[_Waiter]):
     def _guarantee(self, lane: Priority) -> int:
         return self._seats[lane].guaranteed
 
+    def _capped(self, lane: Priority) -> bool:
+        most = self._seats[lane].max
+        return most < self._limit and self._held(lane) >= most
+
     def _oldest(self, lane: int) -> float | None:
         """When the oldest live waiter of ``lane`` arrived, or None."""
         if not self._queued[lane]:
