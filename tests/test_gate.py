@@ -545,6 +545,7 @@ async def test_deadline_unreachable_only_when_deadline_headers_enabled() -> None
     for enabled, expected in [(True, 503), (False, None)]:
         app = HoldApp()
         gate = gate_for(app, max_concurrent=1, deadline_headers=enabled)
+        assert isinstance(gate.scheduler, PriorityScheduler)
         gate.scheduler.discipline.record_service(Priority.NORMAL, 2.0)  # a 2 s endpoint
         async with anyio.create_task_group() as tg:
             await start(tg, gate, "/hold")

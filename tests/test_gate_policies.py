@@ -9,7 +9,15 @@ from anyio import wait_all_tasks_blocked
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lockgate import Gate, GateSettings, Priority, Rule, RuleClassifier, TrustedSource
+from lockgate import (
+    Gate,
+    GateSettings,
+    Priority,
+    PriorityScheduler,
+    Rule,
+    RuleClassifier,
+    TrustedSource,
+)
 from lockgate._types import Receive, Scope, Send
 from lockgate.degrade import CacheOnlyPolicy, CircuitBreakerPolicy, ReadOnlyPolicy
 from lockgate.testing import FakeClock
@@ -146,6 +154,7 @@ async def test_deadline_headers_only_from_trusted_proxies(client: str, refused: 
     app, clock = App(), FakeClock()
     gate = Gate(app, GateSettings(max_concurrent=1, deadline_headers="trusted",
                                   trusted_proxies=(TRUSTED,)), clock=clock)
+    assert isinstance(gate.scheduler, PriorityScheduler)
     gate.scheduler.discipline.record_service(Priority.NORMAL, 2.0)  # 2 s > the 0.5 s budget
     async with anyio.create_task_group() as tg:
         await hold(tg, gate, 1)

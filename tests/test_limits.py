@@ -365,7 +365,7 @@ def test_the_scheduler_reports_the_lane_and_feeds_kindless_limits_too() -> None:
     lanes: list[int] = []
 
     class KeywordKind(Kindless):
-        def on_sample(  # type: ignore[override]
+        def on_sample(
             self, now: float, rtt: float, inflight: int, dropped: bool, *, kind: int = 0
         ) -> int:
             lanes.append(kind)
