@@ -114,6 +114,27 @@ async def test_cache_only_serves_hits_but_never_across_credentials() -> None:
     assert app.calls.count("/data") == 1
 
 
+async def test_default_thresholds_are_reachable_beside_critical_idle_seats() -> None:
+    """Critical's guaranteed seats stay idle by default (2 of 25 here): with every other seat
+    busy the gate is full, so the default thresholds (read-only 0.9, cache-only 0.95) must
+    fire. Measured against all 25 seats the load could never pass 23 / 25 = 0.92."""
+    app, clock = App(), FakeClock()
+    read_only, cache = ReadOnlyPolicy(), CacheOnlyPolicy()
+    gate = Gate(app, GateSettings(max_concurrent=25, queue_capacity=0),
+                policies=[read_only, cache], clock=clock)
+    warm = await request(gate, "/data")
+    usable = 25 - gate.stats().lanes[Priority.CRITICAL].guaranteed
+    async with anyio.create_task_group() as tg:
+        await hold(tg, gate, usable)
+        clock.advance(0.02)
+        assert gate.stats().utilization == 1.0 and gate.stats().status == "critical"
+        write = await request(gate, "/items", "POST")
+        hit = await request(gate, "/data")
+        app.opened.set()
+    assert write.status == 503 and write.json()["error"]["code"] == "READ_ONLY"
+    assert hit.headers.get("x-lockgate-cache") == "hit" and hit.body == warm.body
+
+
 async def test_circuit_breaker_opens_and_recovers_through_a_probe() -> None:
     """Five consecutive 500s open the circuit (CIRCUIT_OPEN, Retry-After = time to
     half-open); after the recovery timeout one probe runs and its success closes it."""

@@ -170,6 +170,33 @@ def test_cache_key_is_unambiguous() -> None:
     assert cache.before(req("/a?b"), BUSY, 1.0) is not None
 
 
+def test_cache_key_holds_the_origin() -> None:
+    """Two tenants (virtual hosts) of one app, or http and https, never share an entry: a
+    page cached for tenant-a.example does not answer tenant-b.example."""
+    cache = CacheOnlyPolicy()
+    tenant_a = req("/items", headers=[(b"host", b"tenant-a.example")])
+    cache.after(tenant_a, ok(b"tenant a's items"), 0.0)
+    assert cache.before(req("/items", headers=[(b"host", b"tenant-b.example")]), BUSY, 1.0) is None
+    secure = req("/items", headers=[(b"host", b"tenant-a.example")])
+    secure.scope["scheme"] = "https"
+    assert cache.before(secure, BUSY, 1.0) is None
+    mounted = req("/items", headers=[(b"host", b"tenant-a.example")])
+    mounted.scope["root_path"] = "/tenant-b"
+    assert cache.before(mounted, BUSY, 1.0) is None
+    same = cache.before(req("/items", headers=[(b"Host", b"TENANT-A.example")]), BUSY, 1.0)
+    assert same is not None and same.body == b"tenant a's items"
+
+
+@pytest.mark.parametrize("name", [b"x-api-key", b"api-key", b"x-auth-token", b"x-access-token"])
+def test_cache_treats_common_api_key_headers_as_credentials(name: bytes) -> None:
+    """API keys and tokens outside Authorization are credentials too, by default."""
+    cache = CacheOnlyPolicy()
+    cache.after(req("/me", headers=[(name, b"alice-secret")]), ok(b"alice's data"), 0.0)
+    assert len(cache) == 0
+    cache.after(req("/me"), ok(b"anonymous"), 0.0)
+    assert cache.before(req("/me", headers=[(name, b"bob-secret")]), BUSY, 1.0) is None
+
+
 @pytest.mark.parametrize("name", [b"authorization", b"Authorization", b"cookie",
                                   b"proxy-authorization", b"x-api-key"])
 def test_cache_never_serves_or_stores_for_credentials(name: bytes) -> None:

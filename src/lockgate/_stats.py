@@ -31,7 +31,8 @@ class LaneStats:
 
 @dataclass(frozen=True, slots=True)
 class GateStats:
-    """The whole gate at one instant. ``utilization`` is ``active / limit`` (0..1+)."""
+    """The whole gate at one instant. ``utilization`` is the share of the usable seats in use
+    (0..1+): ``active / (limit - seats guaranteed to lanes that leave them idle)``."""
 
     limit: int
     active: int
@@ -44,7 +45,12 @@ class GateStats:
 
     @property
     def utilization(self) -> float:
-        return self.active / self.limit if self.limit else 1.0
+        """Seats in use over the seats requests could use now. A lane's idle guaranteed seats
+        (critical's, by default) are no one else's: counted in, they would cap it below 1 and
+        the read-only / cache-only thresholds (0.9, 0.95) could never be reached."""
+        reserved = sum(max(0, lane.guaranteed - lane.active) for lane in self.lanes)
+        usable = self.limit - reserved
+        return self.active / usable if usable > 0 else 1.0
 
     @property
     def status(self) -> Status:

@@ -9,11 +9,13 @@ its response refreshes the cache).
 Safety first — a shared cache must never hand one user's data to another. Unless the user's
 ``key`` function declares that it covers credentials (``key_covers_credentials=True``), it
 never serves nor stores anything for requests carrying ``Authorization``,
-``Proxy-Authorization``, ``Cookie`` (or the extra ``credential_headers``), nor responses
+``Proxy-Authorization``, ``Cookie``, ``X-Api-Key``, ``Api-Key``, ``X-Auth-Token``,
+``X-Access-Token`` (or the extra ``credential_headers``), nor responses
 with ``Set-Cookie`` or ``Cache-Control: private``. Responses with ``Cache-Control: no-store``
 or ``Vary: *`` are never stored at all: the first forbids it, the second cannot be keyed.
 Other ``Vary`` headers are honoured: the request's values of the listed headers are part of
-the key. Bodies over ``max_body`` are not stored.
+the key. The key holds the origin too (scheme, ``Host``, root path): one tenant's or virtual
+host's page never answers another's. Bodies over ``max_body`` are not stored.
 
 What it is not: an HTTP cache. It does not revalidate, does not read ``max-age``/``Expires``
 (the ``ttl`` is the freshness it allows) and serves knowingly stale content under overload,
@@ -39,9 +41,12 @@ logger = logging.getLogger("lockgate")
 
 KeyFunction = Callable[[RequestInfo], str | None]
 """Returns a string added to the built-in key (method, path, query), or ``None``: don't cache."""
-_Key = tuple[str, str, bytes, str | None]
+_Key = tuple[str, bytes, str, bytes, str | None]  # method, origin, path, query, user's part
 
-CREDENTIAL_HEADERS = frozenset({b"authorization", b"proxy-authorization", b"cookie"})
+CREDENTIAL_HEADERS = frozenset({
+    b"authorization", b"proxy-authorization", b"cookie",
+    b"x-api-key", b"api-key", b"x-auth-token", b"x-access-token",
+})
 MAX_VARIANTS = 8
 """Stored variants (different ``Vary`` values) of one URL at most."""
 _DROPPED = frozenset({
@@ -145,13 +150,16 @@ class CacheOnlyPolicy:
         self._store(base, _Stored(names, varied, now, tuple(kept), body), now)
 
     def _base_key(self, request: RequestInfo) -> _Key | None:
-        """Method, path, query and the user's key; ``None``: not cacheable."""
+        """Method, origin (scheme, ``Host``, root path), path, query and the user's key;
+        ``None``: not cacheable. The origin keeps one tenant's or virtual host's page from
+        answering another's."""
         if not self.key_covers_credentials and any(
             bytes(name).lower() in self.credential_headers for name, _ in request.headers
         ):
             return None
+        origin = _origin(request)
         if self.key is None:
-            return (request.method, request.path, request.query_string, None)
+            return (request.method, origin, request.path, request.query_string, None)
         try:
             extra = self.key(request)
         except Exception:
@@ -161,7 +169,7 @@ class CacheOnlyPolicy:
             return None
         if not isinstance(extra, str):
             return None
-        return (request.method, request.path, request.query_string, extra)
+        return (request.method, origin, request.path, request.query_string, extra)
 
     def _store(self, base: _Key, stored: _Stored, now: float) -> None:
         bucket = self._entries.pop(base, [])
@@ -204,3 +212,16 @@ def _varied(headers: Headers, names: tuple[bytes, ...]) -> tuple[bytes | None, .
         found = header_values(headers, name)
         values.append(b", ".join(found) if found else None)
     return tuple(values)
+
+
+def _origin(request: RequestInfo) -> bytes:
+    """``scheme://host`` and the root path the app is mounted at, as the client addressed it
+    (the ``Host`` header, else the server's address)."""
+    scope = request.scope
+    host = next((bytes(v) for k, v in request.headers if bytes(k).lower() == b"host"), None)
+    if host is None:
+        server = scope.get("server")
+        host = f"{server[0]}:{server[1]}".encode() if isinstance(server, tuple | list) else b""
+    scheme = str(scope.get("scheme", "http")).encode("latin-1", "replace")
+    root = str(scope.get("root_path", "")).encode("utf-8", "surrogateescape")
+    return scheme + b"://" + host.lower() + b"\x00" + root

@@ -28,7 +28,7 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def utilization(stats: GateStats) -> float:
-    """The default load signal: seats in use / limit (``GateStats.utilization``)."""
+    """The default load signal: the share of usable seats in use (``GateStats.utilization``)."""
     return stats.utilization
 
 
@@ -36,7 +36,7 @@ class ReadOnlyPolicy:
     """Answer ``READ_ONLY`` to writes while the load is high. See the module docstring.
 
     ``measure`` maps a ``GateStats`` to the load compared with the thresholds (default:
-    ``stats.utilization``, seats in use / limit).
+    ``stats.utilization``, the share of the usable seats in use).
     """
 
     wants_body = False
