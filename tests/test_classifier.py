@@ -77,3 +77,27 @@ def test_reassigning_rules_recompiles_the_matcher() -> None:
     assert classifier.classify(scope) is Priority.HIGH
     classifier.rules = ()
     assert classifier.classify(scope) is Priority.NORMAL
+
+
+def test_a_single_method_given_as_a_string_is_one_method() -> None:
+    """``methods="POST"`` means POST, not the letters P, O, S and T."""
+    rule = Rule(Priority.HIGH, path="/login", methods="POST")  # type: ignore[arg-type]
+    assert rule.methods == frozenset({"POST"})
+    assert rule.matches("/login", "POST") and not rule.matches("/login", "GET")
+
+
+def test_rules_and_default_changed_after_the_gate_was_built_take_effect() -> None:
+    """The gate skips ``classify`` for a rule-less classifier; rules or a default assigned
+    later must still be obeyed."""
+    from lockgate import Gate
+    from lockgate.testing import ok_app
+
+    classifier = RuleClassifier()
+    gate = Gate(ok_app, classifier=classifier)
+    before = classifier.fixed
+    classifier.default = Priority.LOW
+    assert (before, classifier.fixed) == (Priority.NORMAL, Priority.LOW)
+    classifier.rules = [Rule(Priority.HIGH, prefix="/login")]
+    assert classifier.fixed is None
+    assert gate.classifier.classify(make_scope("/login")) is Priority.HIGH
+    assert gate.classifier.classify(make_scope("/other")) is Priority.LOW

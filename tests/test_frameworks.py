@@ -573,7 +573,7 @@ async def test_exception_route_releases_the_seat(framework: Framework) -> None:
     assert h.gate.stats().admitted == 4
 
 
-CHUNK = 64 * 1024
+CHUNK = 16 * 1024
 
 
 def json_payload(name: str, size: int) -> dict[str, str]:

@@ -135,6 +135,41 @@ async def test_default_thresholds_are_reachable_beside_critical_idle_seats() -> 
     assert hit.headers.get("x-lockgate-cache") == "hit" and hit.body == warm.body
 
 
+async def test_rules_assigned_after_the_gate_was_built_route_requests() -> None:
+    """A rule-less classifier's lane is read per request: rules added later are obeyed."""
+    app = App()
+    classifier = RuleClassifier()
+    gate = Gate(app, GateSettings(max_concurrent=4), classifier=classifier)
+    await request(gate, "/batch/x")
+    classifier.rules = [Rule(Priority.LOW, prefix="/batch")]
+    await request(gate, "/batch/y")
+    admitted = {s.lane.label: s.admitted for s in gate.stats().lanes}
+    assert admitted["normal"] == 1 and admitted["low"] == 1
+
+
+async def test_a_policy_retry_after_is_held_to_an_integer_of_at_least_one() -> None:
+    """A plugin policy answering ``retry_after=-5`` (or 0.2) still sends ``Retry-After: 1``."""
+    from lockgate import RejectReason
+    from lockgate.degrade import Answer
+
+    class Refuse:
+        wants_body = False
+
+        def __init__(self, retry_after: float) -> None:
+            self.retry_after = retry_after
+
+        def before(self, request: object, stats: object, now: float) -> Answer:
+            return Answer(reason=RejectReason.READ_ONLY, retry_after=self.retry_after)  # type: ignore[arg-type]
+
+        def after(self, request: object, response: object, now: float) -> None:
+            return None
+
+    for offered, sent in ((-5, "1"), (0.2, "1"), (2.5, "3"), (7, "7")):
+        gate = Gate(App(), GateSettings(max_concurrent=4), policies=[Refuse(offered)])
+        refused = await request(gate, "/x", "POST")
+        assert refused.status == 503 and refused.headers["retry-after"] == sent
+
+
 async def test_circuit_breaker_opens_and_recovers_through_a_probe() -> None:
     """Five consecutive 500s open the circuit (CIRCUIT_OPEN, Retry-After = time to
     half-open); after the recovery timeout one probe runs and its success closes it."""

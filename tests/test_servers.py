@@ -447,7 +447,7 @@ async def test_queued_expect_100_continue_gets_no_continue_before_its_503(
 @pytest.mark.parametrize("size", [16 << 10, 3 << 20], ids=["16KiB", "3MiB"])
 async def test_queued_request_body_is_replayed_to_the_app(serve: ServeFactory, size: int) -> None:
     """The body the gate read while the request waited reaches the app intact, in order
-    (3 MiB: past the gate's 1 MiB read-ahead, the rest is read by the app itself)."""
+    (3 MiB: past the gate's 64 KiB read-ahead, the rest is read by the app itself)."""
     served = serve(max_concurrent=1, queue_capacity=4, wait_timeout=30.0, target_wait=None)
     payload = (bytes(range(256)) * (size // 256 + 1))[:size]
     async with client(served) as c:

@@ -59,7 +59,9 @@ class Rule:
             object.__setattr__(self, "priority", Priority(self.priority))
         if isinstance(self.regex, str):
             object.__setattr__(self, "regex", re.compile(self.regex))
-        if self.methods is not None:
+        if isinstance(self.methods, str):  # methods="POST": one method, not four letters
+            object.__setattr__(self, "methods", frozenset({self.methods.upper()}))
+        elif self.methods is not None:
             object.__setattr__(self, "methods", frozenset(m.upper() for m in self.methods))
         if self.role is not None:
             role = normalise_role(self.role)
@@ -92,7 +94,7 @@ class RuleClassifier:
     a role rule's path and method match.
     """
 
-    __slots__ = ("_rules", "_steps", "default", "trust")
+    __slots__ = ("_default", "_rules", "_steps", "fixed", "trust")
 
     def __init__(
         self,
@@ -101,9 +103,13 @@ class RuleClassifier:
         *,
         trust: TrustedSource | None = None,
     ) -> None:
+        self._default = Priority(default)
         self.rules = rules
-        self.default = Priority(default)
         self.trust = trust if trust is not None else TrustedSource()
+
+    fixed: Priority | None
+    """The lane of every request while there are no rules (``None`` with rules): the gate
+    reads it instead of calling ``classify``. Kept up to date by ``rules`` and ``default``."""
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -114,6 +120,17 @@ class RuleClassifier:
     def rules(self, rules: Iterable[Rule]) -> None:
         self._rules = tuple(rules)
         self._steps = _compile(self._rules)
+        self.fixed = None if self._rules else self._default
+
+    @property
+    def default(self) -> Priority:
+        """The lane of a request no rule matches."""
+        return self._default
+
+    @default.setter
+    def default(self, lane: Priority) -> None:
+        self._default = Priority(lane)
+        self.fixed = None if self._rules else self._default
 
     def classify(self, scope: Scope) -> Priority:
         path: str = scope.get("path", "")
@@ -132,7 +149,7 @@ class RuleClassifier:
                 role, looked_up = self.trust.role_of(scope), True
             if role == rule.role:
                 return rule.priority
-        return self.default
+        return self._default
 
     def __repr__(self) -> str:
         return (

@@ -52,9 +52,10 @@ QUEUE_WAIT_HEADER_AFTER = 0.1
 """Admitted requests that waited longer than this many seconds get ``X-Queue-Wait-Time``."""
 POLICY_STATS_EVERY = 0.01
 """Seconds a ``GateStats`` snapshot is reused for the degradation policies."""
-MAX_BUFFERED_BODY = 1 << 20
+MAX_BUFFERED_BODY = 64 << 10
 """Body bytes read ahead while a request waits (to notice a disconnect); past it, the gate
-stops reading and the wait is bounded by the timeout alone."""
+stops reading and the wait is bounded by the timeout alone. Kept small: every waiter may
+hold this much (1,000 waiters x 64 KiB = 64 MiB; it was 1 MiB, 1 GiB in all)."""
 
 
 class Gate:
@@ -100,12 +101,9 @@ class Gate:
         status = (self._status_path,) if self._status_path else ()
         self._special = tuple(p.rstrip("/") or "/" for p in (*self.settings.bypass_paths, *status))
         self._classify = self.classifier.classify
-        # A rule-less RuleClassifier always answers its default lane: skip the call.
-        self._fixed_lane = (
-            self.classifier.default
-            if type(self.classifier) is RuleClassifier and not self.classifier.rules
-            else None
-        )
+        # A rule-less RuleClassifier always answers its default lane: skip the call (its
+        # ``fixed`` follows later changes to its rules or default).
+        self._plain = self.classifier if type(self.classifier) is RuleClassifier else None
         self._try_acquire = self.scheduler.try_acquire
         self._deadline_mode = self.settings.deadline_headers
         self._trusted = parse_networks(self.settings.trusted_proxies)
@@ -131,7 +129,8 @@ class Gate:
             if self._bypass(path):
                 await self.app(scope, receive, send)
                 return
-        lane = self._fixed_lane
+        plain = self._plain
+        lane = plain.fixed if plain is not None else None
         if lane is None:
             try:
                 lane = self._classify(scope)
@@ -218,7 +217,9 @@ class Gate:
         """Send a policy's answer: a structured rejection or a complete response."""
         if answer.reason is not None:
             self.scheduler.record_rejection(lane, answer.reason)
-            retry = answer.retry_after or self.scheduler.retry_after(lane)
+            given = answer.retry_after  # a plugin's: held to DESIGN §5, an integer >= 1
+            retry = (max(1, math.ceil(given)) if given and math.isfinite(given)
+                     else self.scheduler.retry_after(lane))
             await send_rejection(send, answer.reason, retry)
             return
         start = {"type": "http.response.start", "status": answer.status,
