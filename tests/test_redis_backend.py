@@ -164,6 +164,22 @@ def release(permits: Sequence[Permit | None]) -> None:
             permit.release()
 
 
+class Outage:
+    """Redis stops answering one instance: its script calls raise ``ConnectionError`` until
+    ``end()`` puts the real script back (or ``script``, a stand-in that calls it)."""
+
+    def __init__(self, backend: RedisBackend) -> None:
+        self.backend = backend
+        self.script = backend._script
+        backend._script = self.refuse
+
+    async def refuse(self, **kwargs: Any) -> Any:
+        raise redis.ConnectionError("simulated outage")
+
+    def end(self, script: Any = None) -> None:
+        self.backend._script = self.script if script is None else script
+
+
 # -- the shape of things --------------------------------------------------------------------
 
 
@@ -364,6 +380,27 @@ async def test_a_waiter_elsewhere_is_woken_by_pubsub_not_by_polling(inst: Instan
         with anyio.fail_after(0.5):
             await waiter.done.wait()
     assert waiter.permit is not None and b.leased[NORMAL] >= 1
+    release([waiter.permit, *permits])
+
+
+async def test_an_unreadable_message_is_skipped_and_the_subscription_lives_on(
+    inst: Instances, rc: redis.Redis
+) -> None:
+    """Review finding 5: one message the listener could not read (another version's, a
+    stranger's) ended the process's only subscription, silently. Heartbeat 3.3 s: only a
+    pub/sub message can wake b's waiter within the bound."""
+    a = await inst.make(settings(2), lease_ttl=10.0)
+    b = await inst.make(settings(2), lease_ttl=10.0)
+    permits = await hold(a, NORMAL, 2)
+    async with anyio.create_task_group() as tg:
+        waiter = await arrive(tg, b, NORMAL)
+        rc.publish(b.channel, "stranger#who|2|17")  # 3 fields, not 5
+        rc.publish(b.channel, "stranger#who|9|0|1|0")  # no lane 9
+        await await_for(lambda: b.counters["bad_messages"] == 2, 1.0, "the messages")
+        permits.pop().release()
+        with anyio.fail_after(0.5):
+            await waiter.done.wait()
+    assert b.mode == "global" and waiter.permit is not None
     release([waiter.permit, *permits])
 
 
@@ -667,6 +704,207 @@ async def test_stats_count_this_instance_under_the_global_seats(inst: Instances)
     assert backend.stats().active == 0
 
 
+async def test_lowering_the_limit_admits_no_idle_seat_past_it(
+    inst: Instances, rc: redis.Redis
+) -> None:
+    """Review finding 1: idle seats leased under the old limit were admitted past the new
+    one. Lowered, the pool goes back to Redis; holders keep their seats, and nobody new is
+    admitted until fewer than the new C are in use (the in-process rule)."""
+    backend = await inst.make(settings(20), block=16, linger=30.0)
+    held = await hold(backend, NORMAL, 8)
+    assert backend.leased == (0, 0, 17, 0)  # 9 of them idle
+    backend.set_limit(5)
+    assert backend.try_acquire(NORMAL) is None
+    await backend.settled()
+    assert backend.leased == (0, 0, 8, 0) and inst.live(rc) == [0, 0, 8, 0]
+    async with anyio.create_task_group() as tg:
+        waiter = await arrive(tg, backend, NORMAL)
+        for _ in range(3):  # 7, 6, 5 in use: none of them a free seat
+            held.pop().release()
+            await backend.settled()
+            assert not waiter.done.is_set() and backend.try_acquire(NORMAL) is None
+        held.pop().release()  # 4 in use
+        with anyio.fail_after(1.0):
+            await waiter.done.wait()
+    assert waiter.permit is not None
+    await backend.settled()
+    assert backend.stats().active == 5 and sum(inst.live(rc)) == 5
+    release([waiter.permit, *held])
+
+
+async def test_seats_of_a_call_planned_under_the_old_limit_admit_nobody(
+    inst: Instances, rc: redis.Redis
+) -> None:
+    """Review finding 1: a call in flight when the limit is lowered was planned (and is
+    granted) under the old one; its seats cover no newcomer and go back."""
+    backend = await inst.make(settings(20), block=8, linger=30.0)
+    real = backend._script
+    entered, go_on = anyio.Event(), anyio.Event()
+
+    async def held_back(**kwargs: Any) -> Any:
+        entered.set()
+        await go_on.wait()
+        return await real(**kwargs)
+
+    backend._script = held_back
+    async with anyio.create_task_group() as tg:
+        waiter = await arrive(tg, backend, NORMAL)
+        with anyio.fail_after(1.0):
+            await entered.wait()  # its call, for 1 + a block of 8 under C = 20, is in flight
+        backend.set_limit(1)
+        backend._script = real
+        go_on.set()
+        with anyio.fail_after(2.0):
+            await waiter.done.wait()  # served by the next call, under C = 1
+    assert waiter.permit is not None
+    await backend.settled()
+    assert backend.try_acquire(NORMAL) is None
+    assert backend.leased == (0, 0, 1, 0) and inst.live(rc) == [0, 0, 1, 0]
+    waiter.permit.release()
+
+
+# -- when Redis fails -------------------------------------------------------------------------
+
+
+async def test_the_local_fallback_counts_requests_in_flight_until_they_finish(
+    inst: Instances,
+) -> None:
+    """Review finding 2: each request started in global mode gave a fallback seat back when
+    it finished, even the ones that had none, so the fallback admitted past its seats."""
+    backend = await inst.make(settings(10), expected_instances=2, heartbeat=0.1, block=10)
+    old = await hold(backend, NORMAL, 10)
+    outage = Outage(backend)
+    try:
+        await await_for(lambda: backend.mode == "local", 2.0, "the fallback")
+        assert backend.stats().active == 10  # against ceil(10 / 2) = 5 fallback seats
+        new: list[Permit] = []
+        while old:
+            old.pop().release()
+            permit = backend.try_acquire(NORMAL)
+            if permit is not None:
+                new.append(permit)
+            assert len(old) + len(new) <= max(5, len(old)), (len(old), len(new))
+            assert backend.stats().active == len(old) + len(new)
+        assert len(new) == 5
+        release(new)
+    finally:
+        outage.end()
+
+
+async def test_recovery_renews_the_leases_of_requests_still_running(
+    inst: Instances, rc: redis.Redis
+) -> None:
+    """Review finding 3: back from a short outage, the instance gave the leases of its
+    requests still running back before leasing for them again, and another instance's
+    waiters took them (13 running against C = 10). Now the call that finds Redis again
+    renews them, atomically; the instance's next call is slow here, to let the other
+    instance's pub/sub wake-up land first."""
+    a = await inst.make(settings(10), heartbeat=0.1, block=1)
+    b = await inst.make(settings(10), block=1)
+    running = await hold(a, NORMAL, 6) + await hold(b, NORMAL, 4)
+    async with anyio.create_task_group() as tg:
+        waiters = [await arrive(tg, b, NORMAL) for _ in range(3)]
+        outage = Outage(a)
+        await await_for(lambda: a.mode == "local", 2.0, "the fallback")
+        assert inst.live(rc) == [0, 0, 10, 0]  # a's leases stay meanwhile
+
+        async def slow_once_global(**kwargs: Any) -> Any:
+            if a.mode == "global":
+                await anyio.sleep(0.03)
+            return await outage.script(**kwargs)
+
+        outage.end(slow_once_global)
+        await await_for(lambda: a.mode == "global", 2.0, "global mode again")
+        for _ in range(30):
+            served = sum(w.permit is not None for w in waiters)
+            assert len(running) + served <= 10 and sum(inst.live(rc)) <= 10
+            await anyio.sleep(0.01)
+        assert a.leased == (0, 0, 6, 0) and a.stats().active == 6
+        release(running)
+        with anyio.fail_after(2.0):
+            for waiter in waiters:
+                await waiter.done.wait()
+    release([w.permit for w in waiters])
+
+
+async def test_an_instance_that_never_reached_redis_takes_a_conservative_share(
+    rc: redis.Redis,
+) -> None:
+    """Review finding 6: without ``expected_instances``, an instance starting while Redis
+    is down had the whole C as its fallback (N instances restarting: N x C). It now assumes
+    it is one of 4, until it has seen the instances in Redis."""
+    backend = RedisBackend(
+        f"redis://127.0.0.1:{free_port()}/0", unique_name(), settings=settings(40),
+        key_prefix=KEY_PREFIX, start_timeout=0.2,
+    )  # fmt: skip
+    try:
+        with anyio.fail_after(1.0):
+            await backend.start()
+        assert backend.mode == "local"
+        admitted = [backend.try_acquire(NORMAL) for _ in range(40)]
+        assert sum(p is not None for p in admitted) == 10
+        release(admitted)
+    finally:
+        with anyio.fail_after(3.0):
+            await backend.aclose()
+
+
+async def test_the_closed_policy_probes_and_comes_back_to_global(inst: Instances) -> None:
+    """``on_redis_error="closed"`` refused everything and never probed: closed for good."""
+    backend = await inst.make(settings(4), on_redis_error="closed", heartbeat=0.1)
+    permit = await backend.acquire(NORMAL)
+    outage = Outage(backend)
+    await await_for(lambda: backend.mode == "closed", 2.0, "the closed fallback")
+    with pytest.raises(SystemOverload):
+        await backend.acquire(NORMAL)
+    outage.end()
+    await await_for(lambda: backend.mode == "global", 2.0, "global mode again")
+    assert backend.leased == (0, 0, 1, 0)  # its lease renewed
+    permit.release()
+    (await backend.acquire(NORMAL, 1.0)).release()
+
+
+async def test_seats_granted_to_a_call_that_outlived_its_mode_go_back(
+    inst: Instances, rc: redis.Redis
+) -> None:
+    """Review finding 8: ``fastpath=False``, a one-off call fails while the Redis task's
+    call is in flight; that call's seats were dropped and stayed leased for ``lease_ttl``.
+    They now go back with the first call once Redis answers again."""
+    a = await inst.make(settings(1), fastpath=False, on_redis_error="open", heartbeat=0.5)
+    b = await inst.make(settings(1))
+    held = await hold(b, NORMAL, 1)
+    real = a._script
+    entered, go_on = anyio.Event(), anyio.Event()
+    refuse = False
+
+    async def script(**kwargs: Any) -> Any:
+        if refuse:
+            raise redis.ConnectionError("simulated outage")
+        entered.set()
+        await go_on.wait()
+        return await real(**kwargs)
+
+    async with anyio.create_task_group() as tg:
+        waiter = await arrive(tg, a, NORMAL)  # refused inline: queued, registered
+        await a.settled()
+        await b.settled()
+        a._script = script
+        held.pop().release()  # b gives it back for a's waiter; a's Redis task asks for it
+        with anyio.fail_after(1.0):
+            await entered.wait()
+        refuse = True
+        other = await arrive(tg, a, HIGH)  # its own call fails: "open" mode
+        assert a.mode == "open"
+        go_on.set()  # the call in flight is granted the seat, in the wrong mode
+        await waiter.done.wait()
+    release([waiter.permit, other.permit])
+    refuse = False
+    a._script = real
+    await await_for(lambda: a.mode == "global", 2.0, "global mode again")
+    await a.settled()
+    await await_for(lambda: sum(inst.live(rc)) == 0, 1.0, "the seat back (lease_ttl: 3 s)")
+
+
 # -- leases -----------------------------------------------------------------------------------
 
 
@@ -747,6 +985,50 @@ async def test_the_first_request_that_must_wait_starts_the_backend(
     assert backend.mode == "global"
     permit.release()
     await backend.aclose()
+    assert keys_of(rc, backend.name) == []
+
+
+async def test_a_request_cancelled_while_it_starts_the_backend_does_not_stop_the_start(
+    rc: redis.Redis,
+) -> None:
+    """Review finding 4: the request that started the backend lazily was cancelled during
+    start() (its client gone); the backend never started, and every later request that had
+    to wait timed out."""
+    backend = RedisBackend(
+        REDIS_URL, unique_name(), settings=settings(2, wait_timeout=1.0),
+        key_prefix=KEY_PREFIX, command_timeout=0.25,
+    )  # fmt: skip
+    try:
+        first = asyncio.get_running_loop().create_task(backend.acquire(NORMAL))
+        await asyncio.sleep(0)  # inside start(), waiting for Redis
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        with anyio.fail_after(3.0):
+            permit = await backend.acquire(NORMAL)
+        assert backend.mode == "global" and backend.leased[NORMAL] >= 1
+        permit.release()
+    finally:
+        await backend.aclose()
+    assert keys_of(rc, backend.name) == []
+
+
+async def test_closing_during_start_leaves_no_task_running(rc: redis.Redis) -> None:
+    """Review finding 7: aclose() while start() waited for Redis; start() then started the
+    Redis and pub/sub tasks anyway, and nothing ever stopped them."""
+    backend = RedisBackend(
+        REDIS_URL, unique_name(), settings=settings(2), key_prefix=KEY_PREFIX,
+        command_timeout=0.25,
+    )  # fmt: skip
+    starting = asyncio.get_running_loop().create_task(backend.start())
+    await asyncio.sleep(0)  # inside start(), waiting for Redis
+    with anyio.fail_after(3.0):
+        await backend.aclose()
+        await starting
+    await asyncio.sleep(0.05)
+    assert backend.mode == "closed"
+    assert all(task.done() for task in backend._tasks)
+    assert dict(rc.pubsub_numsub(backend.channel)).get(backend.channel.encode(), 0) == 0
     assert keys_of(rc, backend.name) == []
 
 

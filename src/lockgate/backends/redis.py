@@ -33,12 +33,14 @@ others wait for, and gives released seats of that lane back instead of handing t
 switches the instance to ``on_redis_error``: ``"local"`` (default: an in-process
 ``PriorityScheduler`` of ``ceil(C / instances)`` seats, ``instances`` being
 ``expected_instances`` or, when not given, the number of live instances last seen in
-Redis), ``"open"`` (admit everything) or ``"closed"`` (``SYSTEM_OVERLOAD``). Waiters move to
-the fallback with the time they have left; requests in flight keep their seats and are
-counted against the fallback. A probe each heartbeat brings the instance back to
-``"global"``, where it first leases seats for the fallback's requests still in flight. The
-leases it could not give back while Redis was away are given back then (their names are
-chosen by the client, so even a lease granted by a call that timed out is known).
+Redis, or 4 if Redis never answered), ``"open"`` (admit everything) or ``"closed"``
+(``SYSTEM_OVERLOAD``). Waiters move to the fallback with the time they have left; requests
+in flight keep their seats (and their leases, which stay in Redis) and are counted against
+the fallback until they finish. A probe brings the instance back to ``"global"`` with one
+atomic call that renews the leases of requests still running, leases seats for those
+running without one (the fallback's) and gives back what it could not while Redis was
+away (lease names are chosen by the client, so even a lease granted by a call that timed
+out is known); only then does it admit anything new.
 
 **What it is not.** It runs on asyncio only (redis-py), with a fixed limit (no adaptive
 limit across instances), and its queue is per instance (``queue_capacity``,
@@ -101,6 +103,10 @@ _DEBT_AGE_MS = 60_000
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 _FIRST_PROBE = 0.05
 """Seconds from a Redis failure to the first probe; the delay doubles up to a heartbeat."""
+_UNKNOWN_INSTANCES = 4
+"""Instances the local fallback assumes when ``expected_instances`` is not given and Redis
+never answered (no count seen): a guess on the safe side, not a measurement. Assuming 1
+would let N instances restarting during an outage admit N x C."""
 SYNC_SCRIPT: Final = (
     files("lockgate.backends").joinpath("lua", "sync.lua").read_text(encoding="utf-8")
 )
@@ -124,13 +130,14 @@ class _Waiter:
 
 
 class _Planned(NamedTuple):
-    """One script call: its arguments, what it may lease and give back, and the arrivals
-    it asks seats for."""
+    """One script call: its arguments, what it may lease and give back, the limit it was
+    planned under, and the arrivals it asks seats for."""
 
     seq: int
     args: list[str]
     wanted: int
     release: list[str]
+    limit: int
     arrivals: tuple[_Waiter, ...] = ()
 
 
@@ -263,6 +270,8 @@ class RedisBackend(LaneQueues[_Waiter]):
         # they wait for the answer to one call (not counted as waiters, see ``_arrive``).
         self._arrivals: list[_Waiter] = []
         self._limbo: list[str] = []  # seats Redis may hold for us, to give back when it answers
+        # Away from Redis: the leases of requests still running, renewed when it answers.
+        self._kept: list[list[str]] = [[] for _ in _LANES]
         self._seq = 0
 
         # Waiters of other instances (lane, since on our clock, want), and what they mean here.
@@ -283,8 +292,10 @@ class RedisBackend(LaneQueues[_Waiter]):
 
         # Degraded modes.
         self._mode: Mode = "global"
+        self.instances_seen = 0
+        """Live instances in Redis at the last call (0 before the first)."""
         self._local = _Fallback(
-            math.ceil(limit / instances),
+            self._fallback_limit(),
             self._lanes,
             queue_capacity=settings.queue_capacity,
             wait_timeout=settings.wait_timeout,
@@ -297,16 +308,14 @@ class RedisBackend(LaneQueues[_Waiter]):
         self._shadows_taken = [0, 0, 0, 0]  # fallback seats ever taken for our own requests
         self._carried = [0, 0, 0, 0]  # fallback requests still running, counted in our debt
         self._moving: set[anyio.CancelScope] = set()
-        self.instances_seen = 0
-        """Live instances in Redis at the last call (0 before the first)."""
         self.leased_globally = 0
         """Seats leased by all instances at the last call."""
         self.counters: dict[str, int] = {
             "calls": 0, "redis_errors": 0, "mode_switches": 0, "lost_leases": 0,
-            "messages": 0,
+            "messages": 0, "bad_messages": 0,
         }  # fmt: skip
         """Script calls, Redis errors and timeouts, switches to a fallback mode, leases found
-        expired at renewal, pub/sub messages received."""
+        expired at renewal, pub/sub messages received, and those skipped as unreadable."""
 
         # Lifecycle.
         self._client: aioredis.Redis | None = None
@@ -315,7 +324,7 @@ class RedisBackend(LaneQueues[_Waiter]):
         self._parked = asyncio.Event()  # the Redis task waits for news (set while it does)
         self._tasks: list[asyncio.Task[None]] = []
         self._inline: set[asyncio.Task[None]] = set()
-        self._starting: asyncio.Event | None = None
+        self._starting: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
         self._backstop = math.inf
@@ -341,15 +350,20 @@ class RedisBackend(LaneQueues[_Waiter]):
     def set_limit(self, limit: int) -> None:
         """Change ``C``, as ``PriorityScheduler.set_limit`` does: lane seats are
         re-apportioned, waiters get the seats that appeared (with the next call), and holders
-        above a lowered limit keep their seats while nobody new is admitted until the seats
-        in use are back under it.
+        above a lowered limit keep their seats while nobody new is admitted above a lane's
+        guarantee until the seats in use are back under it.
+
+        Lowered, the instance gives its idle seats back at once (they were leased under the
+        old limit), so every admission goes through the script and its new ``C`` until the
+        pool refills; a call in flight, planned under the old limit, gives its seats back too.
 
         The script enforces the ``C`` the calling instance sends: give every instance the
         same limit (as with every other setting), or they enforce their own.
         """
         if limit < 1:
             raise ValueError("limit must be >= 1")
-        self._shrinking = self._shrinking or limit < self._limit
+        lowered = limit < self._limit
+        self._shrinking = self._shrinking or lowered
         self._limit = limit
         self._seats = lane_seats(limit, self._lanes)
         self._static_args[2] = str(limit)
@@ -363,8 +377,11 @@ class RedisBackend(LaneQueues[_Waiter]):
             if self.settings.reject_threshold is not None
             else limit + self._queue_capacity
         )
-        instances = self.expected_instances or max(1, self.instances_seen)
-        self._local.set_limit(math.ceil(limit / instances))
+        self._local.set_limit(self._fallback_limit())
+        if lowered:
+            for lane in _LANES:
+                if self._idle[lane]:
+                    self._give_back(lane)
         self._wake.set()  # waiters may get the new seats; a lowered limit is learnt
 
     @property
@@ -530,20 +547,23 @@ class RedisBackend(LaneQueues[_Waiter]):
         """Connect, load the script and start the heartbeat and pub/sub tasks.
 
         Never fails for Redis's sake: if Redis does not answer within ``start_timeout``, the
-        backend starts in its fallback mode and keeps probing.
+        backend starts in its fallback mode and keeps probing. The start-up runs in a task of
+        its own, which a cancelled caller (the request that started the backend lazily, its
+        client gone) leaves running; concurrent callers wait for the same one.
         """
         if self._started or self._closed:
             return
         try:
-            asyncio.get_running_loop()
+            loop = asyncio.get_running_loop()
         except RuntimeError:
             raise RuntimeError(
                 "RedisBackend runs on asyncio only (redis-py's asyncio client)"
             ) from None
-        if self._starting is not None:
-            await self._starting.wait()
-            return
-        self._starting = asyncio.Event()
+        if self._starting is None:
+            self._starting = loop.create_task(self._start())
+        await asyncio.shield(self._starting)
+
+    async def _start(self) -> None:
         try:
             pool = aioredis.BlockingConnectionPool.from_url(
                 self.url,
@@ -561,20 +581,28 @@ class RedisBackend(LaneQueues[_Waiter]):
                     self._script.sha = await self._client.script_load(SYNC_SCRIPT)
             except _REDIS_ERRORS as exc:
                 self._degrade(exc)
-            loop = asyncio.get_running_loop()
-            self._tasks = [loop.create_task(self._pump()), loop.create_task(self._listen())]
-            self._started = True
-        finally:
-            self._starting.set()
+        except BaseException:
+            self._starting = None  # the next call starts afresh
+            raise
+        if self._closed:  # closed meanwhile: aclose() waits for this and cleans up
+            return
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._pump()), loop.create_task(self._listen())]
+        self._started = True
 
     async def aclose(self) -> None:
         """Stop the tasks, give every seat back and leave; waiters are answered
         ``SYSTEM_OVERLOAD``. Call it once the server has drained: requests still running
         lose their leases (the process is about to end, and their seats must not wait a
-        lease lifetime to come back)."""
+        lease lifetime to come back). Closing during ``start()`` waits for the start-up
+        (at most ``start_timeout``), which then starts no task."""
         if self._closed:
             return
         self._closed = True
+        starting = self._starting
+        if starting is not None and not starting.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(starting)
         if self._mode == "global":
             self._give_up_leases()
         self._mode = "closed"
@@ -589,6 +617,9 @@ class RedisBackend(LaneQueues[_Waiter]):
         if client is None:
             return
         self._give_up_leases()
+        for lane in _LANES:
+            self._limbo.extend(f"{lane}|{seat}" for seat in self._kept[lane])
+            self._kept[lane].clear()
         release, self._limbo = self._limbo, []
         planned = self._sync_args([0] * 4, [0] * 4, release, [], leaving=True)
         with contextlib.suppress(*_REDIS_ERRORS):
@@ -745,6 +776,13 @@ class RedisBackend(LaneQueues[_Waiter]):
     def _in_flight(self) -> int:
         return sum(len(b) for b in self._busy) + sum(self._debt)
 
+    def _fallback_limit(self) -> int:
+        """The local fallback's seats: ``ceil(C / instances)``, ``instances`` being
+        ``expected_instances``, else the live instances last seen in Redis, else (Redis never
+        answered) ``_UNKNOWN_INSTANCES``."""
+        instances = self.expected_instances or self.instances_seen or _UNKNOWN_INSTANCES
+        return math.ceil(self._limit / instances)
+
     def _share(self) -> int:
         """Seats this instance's queue drains at, for predictions."""
         instances = self.expected_instances or max(1, self.instances_seen)
@@ -758,11 +796,19 @@ class RedisBackend(LaneQueues[_Waiter]):
 
     def _free_seat(self, lane: Priority) -> None:
         """A request of ``lane`` finished: its seat goes to a waiter, the pool or Redis."""
-        if self._debt[lane]:
-            self._debt[lane] -= 1
-            shadows = self._shadows[lane]
-            if shadows:
-                shadows.pop().release()
+        debt = self._debt
+        if debt[lane]:
+            debt[lane] -= 1
+            kept = self._kept[lane]  # (empty in global mode)
+            if len(kept) > debt[lane]:  # its lease, kept while Redis is away, goes back
+                self._limbo.append(f"{lane}|{kept.pop()}")
+            shadows = self._shadows
+            if any(shadows) and sum(map(len, shadows)) > sum(debt):
+                # A fallback seat stands for a request in flight that had no fallback seat
+                # of its own, until fewer such requests run than fallback seats are held.
+                # Drop one of a lane that holds more than it has requests running.
+                excess = next(s for s, d in zip(shadows, debt, strict=True) if len(s) > d)
+                excess.pop().release()
             return
         busy = self._busy[lane]
         if not busy:  # pragma: no cover - every permit is counted in busy or debt
@@ -841,11 +887,17 @@ class RedisBackend(LaneQueues[_Waiter]):
             self._yield[lane] = ahead
             self._blocked[lane] = ahead or waiting_above
 
-    def _give_up_leases(self) -> None:
-        """Forget every lease (to be given back when Redis answers); holders become debt."""
+    def _give_up_leases(self, keep: bool = False) -> None:
+        """Forget every lease (to be given back when Redis answers); holders become debt.
+        With ``keep``, the leases of requests in flight are kept aside instead: renewed when
+        Redis answers again if they still run, given back as they finish."""
         for lane in _LANES:
             idle, busy = self._idle[lane], self._busy[lane]
-            self._limbo.extend(f"{lane}|{seat}" for seat in (*idle, *busy))
+            self._limbo.extend(f"{lane}|{seat}" for seat in idle)
+            if keep:
+                self._kept[lane].extend(busy)
+            else:
+                self._limbo.extend(f"{lane}|{seat}" for seat in busy)
             self._debt[lane] += len(busy)
             idle.clear()
             busy.clear()
@@ -873,7 +925,7 @@ class RedisBackend(LaneQueues[_Waiter]):
             *map(str, want), *map(str, need), *map(str, ages or [0, 0, 0, 0]),
             str(len(release)), *release, str(len(renew)), *renew,
         ]  # fmt: skip
-        return _Planned(seq, args, wanted, release, arrivals)
+        return _Planned(seq, args, wanted, release, self._limit, arrivals)
 
     async def _call(self, planned: _Planned) -> list[Any]:
         """Run the script, at most ``command_timeout``. On failure (or cancellation) the
@@ -957,9 +1009,13 @@ class RedisBackend(LaneQueues[_Waiter]):
             return None
         return self._sync_args(want, need, release, renewals, ages=ages, arrivals=arrivals)
 
-    def _apply(self, seq: int, result: list[Any], arrivals: tuple[_Waiter, ...] = ()) -> None:
+    def _apply(
+        self, seq: int, result: list[Any], arrivals: tuple[_Waiter, ...] = (), stale: bool = False
+    ) -> None:
         """Take in a script's answer: granted seats, lost leases, the waiter registry; seat
-        the arrivals it asked for (after the lanes' waiters)."""
+        the arrivals it asked for (after the lanes' waiters). ``stale``: the call was planned
+        under a limit since lowered, and its seats admit nobody (they cover requests running
+        without a lease, the rest go back)."""
         granted = [int(n) for n in result[:4]]
         for item in result[4]:
             self._lose(int(item[0]), item[2:])
@@ -973,8 +1029,11 @@ class RedisBackend(LaneQueues[_Waiter]):
                 continue
             self._idle[lane].extend(seats)
             self._cover(lane)
-            self._serve(lane)
-        self._seat_arrivals(arrivals, granted)
+            if stale:
+                self._give_back(lane)
+            else:
+                self._serve(lane)
+        self._seat_arrivals(arrivals, [0, 0, 0, 0] if stale else granted)
         for lane in _LANES:
             if granted[lane] and self._idle[lane] and (self._yield[lane] or self._hold_none):
                 self._give_back(lane)
@@ -1000,29 +1059,51 @@ class RedisBackend(LaneQueues[_Waiter]):
         """Take in the waiters of every instance (``who|lane|age_ms|want|eligible;...``).
 
         A waiter of a lane at its Max (not ``eligible``) is served only by a seat of its own
-        lane: giving other seats back for it would only cost us our pool.
+        lane: giving other seats back for it would only cost us our pool. ``ValueError`` if
+        the registry cannot be read; nothing is changed then.
         """
         now = self._clock.now()
         others: list[tuple[int, float, int, bool]] = []
         registered = [False, False, False, False]
         for entry in registry.split(";") if registry else ():
-            who, lane, age, want, eligible = entry.split("|")
+            who, lane_text, age, want, eligible = entry.split("|")
+            lane = int(lane_text)
+            if not 0 <= lane < len(_LANES):
+                raise ValueError(f"no lane {lane}")
             if who == self.instance_id:
-                registered[int(lane)] = True
+                registered[lane] = True
             else:
-                others.append((int(lane), now - int(age) / 1000.0, int(want), eligible == "1"))
+                others.append((lane, now - int(age) / 1000.0, int(want), eligible == "1"))
         self._registered = registered
         self._others = others
         self._refresh_blocked()
 
     def _on_message(self, data: str) -> None:
+        """A wake-up from another instance. One that cannot be read (another version's, a
+        stranger's on the channel) is skipped, and the first one logged."""
         self.counters["messages"] += 1
         sender, _, registry = data.partition("#")
         if sender == self.instance_id or self._mode != "global":
             return
-        self._read_registry(registry)
+        try:
+            self._read_registry(registry)
+        except ValueError:
+            self.counters["bad_messages"] += 1
+            if self.counters["bad_messages"] == 1:
+                logger.warning(
+                    "lockgate %r: skipped an unreadable message on %s: %.200r (logged once)",
+                    self.name, self.channel, data,
+                )  # fmt: skip
+            return
         if any(self._queued) or any(self._debt) or (self._others and any(self._idle)):
             self._wake.set()
+
+    def _disown(self, seq: int, result: list[Any]) -> None:
+        """The seats a call granted while the mode changed under it go back to Redis."""
+        for lane in _LANES:
+            count = int(result[lane])
+            self._limbo.extend(f"{lane}|{self.instance_id}:{n}" for n in range(seq, seq + count))
+            seq += count
 
     async def _lease_inline(self, lane: Priority) -> Permit | None:
         """``fastpath=False``: lease one seat for this request with its own script call."""
@@ -1041,8 +1122,9 @@ class RedisBackend(LaneQueues[_Waiter]):
         if not int(result[lane]):
             self._read_registry(str(result[5]))
             return None
-        if self._mode != "global":
-            self._limbo.append(f"{lane}|{seat}")
+        if self._mode != "global" or planned.limit > self._limit:
+            self._limbo.append(f"{lane}|{seat}")  # (a lowered limit: back at the next call)
+            self._wake.set()
             return None
         self._busy[lane].append(seat)
         self._admitted[lane] += 1
@@ -1092,7 +1174,7 @@ class RedisBackend(LaneQueues[_Waiter]):
             try:
                 if self._mode == "global":
                     await self._exchange(renew=beat)
-                elif now >= self._next_probe and self._mode != "closed":
+                elif now >= self._next_probe and not self._closed:
                     await self._probe()
             except Exception as exc:  # a bug must not stop the heartbeat: degrade, go on
                 logger.exception("lockgate %r: error in the Redis task", self.name)
@@ -1109,7 +1191,10 @@ class RedisBackend(LaneQueues[_Waiter]):
                 self._degrade(exc)
                 return
             if self._mode == "global":
-                self._apply(planned.seq, result, planned.arrivals)
+                stale = planned.limit > self._limit
+                self._apply(planned.seq, result, planned.arrivals, stale)
+            else:  # another call (fastpath=False) failed meanwhile: its seats are not ours
+                self._disown(planned.seq, result)
         finally:  # arrivals not seated (a failure, a mode change): no seat from this call
             for waiter in planned.arrivals:
                 if waiter.state == _WAITING:
@@ -1126,20 +1211,42 @@ class RedisBackend(LaneQueues[_Waiter]):
             self._low_water[lane] = len(idle)
 
     async def _probe(self) -> None:
-        """In a fallback mode: does Redis answer again? Give back what we could not."""
+        """In a fallback mode: does Redis answer again? A call that asks for nothing says
+        so; then one call (atomic: nobody else is served in between) gives back what we
+        could not, renews the leases kept for requests still running and leases seats for
+        those running without one, and the instance is global again."""
         if self._script is None:  # pragma: no cover - start() sets it
             return
-        planned = self._sync_args([0, 0, 0, 0], [0, 0, 0, 0], self._limbo, [])
-        self._limbo = []
+        nothing = [0, 0, 0, 0]
         try:
+            # (Asking for seats only once Redis answers keeps the names of seats a failed
+            # call may have leased, which go to limbo, to one call per recovery.)
+            await self._call(self._sync_args(nothing, nothing, [], []))
+            planned = self._recovery_call()
             result = await self._call(planned)
         except _REDIS_ERRORS:
             self.counters["redis_errors"] += 1
             self._probe_delay = min(2 * self._probe_delay, self.heartbeat)
             self._next_probe = asyncio.get_running_loop().time() + self._probe_delay
             return
+        if self._closed:  # pragma: no cover - aclose() cancels the call first
+            self._disown(planned.seq, result)
+            return
         self._recover()
-        self._apply(planned.seq, result)
+        self._apply(planned.seq, result, stale=planned.limit > self._limit)
+
+    def _recovery_call(self) -> _Planned:
+        """The call back to global mode: limbo given back, kept leases renewed, and a seat
+        asked for each request running without one (as debt: ahead of every waiter)."""
+        fallback = self._local.stats().lanes
+        unleased = [  # ours without a kept lease, and the fallback's own
+            self._debt[lane] - len(self._kept[lane]) + fallback[lane].active - len(shadows)
+            for lane, shadows in zip(_LANES, self._shadows, strict=True)
+        ]
+        ages = [_DEBT_AGE_MS if n else 0 for n in unleased]
+        renew = [f"{lane}|{seat}" for lane in _LANES for seat in self._kept[lane]]
+        release, self._limbo = self._limbo, []
+        return self._sync_args(unleased, unleased, release, renew, ages=ages)
 
     def _degrade(self, exc: BaseException) -> None:
         """Redis failed: switch to the fallback mode now."""
@@ -1156,7 +1263,7 @@ class RedisBackend(LaneQueues[_Waiter]):
             "Redis %s failed (%r): lockgate %r switches to %r mode",
             self.url, exc, self.name, self.on_redis_error,
         )  # fmt: skip
-        self._give_up_leases()
+        self._give_up_leases(keep=True)
         self._others = []
         self._registered = [False, False, False, False]
         self._backstop = math.inf
@@ -1164,9 +1271,17 @@ class RedisBackend(LaneQueues[_Waiter]):
         for lane in _LANES:  # fallback requests still running are the fallback's own
             self._debt[lane] -= self._carried[lane]
             self._carried[lane] = 0
+            kept = self._kept[lane]
+            while len(kept) > self._debt[lane]:  # a lease no request of ours needs now
+                self._limbo.append(f"{lane}|{kept.pop()}")
         if mode == "local":
-            instances = self.expected_instances or max(1, self.instances_seen)
-            self._local.set_limit(math.ceil(self._limit / instances))
+            if not (self.expected_instances or self.instances_seen):
+                logger.warning(
+                    "lockgate %r: Redis never answered and expected_instances is not set: "
+                    "the local fallback admits ceil(C / %d) = %d (set expected_instances)",
+                    self.name, _UNKNOWN_INSTANCES, self._fallback_limit(),
+                )  # fmt: skip
+            self._local.set_limit(self._fallback_limit())
             for lane in _LANES:  # our requests in flight count against the fallback
                 for _ in range(self._debt[lane]):
                     shadow = self._local.try_acquire(lane)
@@ -1179,7 +1294,8 @@ class RedisBackend(LaneQueues[_Waiter]):
         self._move_waiters()
 
     def _recover(self) -> None:
-        """Redis answers again: back to global seats, leasing first for requests in flight."""
+        """Redis answers again (the call that said so renewed the kept leases and asked for
+        seats for the requests running without one): back to global seats."""
         if self._mode == "global" or self._closed:
             return
         self.counters["mode_switches"] += 1
@@ -1191,6 +1307,10 @@ class RedisBackend(LaneQueues[_Waiter]):
         for lane, fallback in zip(_LANES, self._local.stats().lanes, strict=True):
             self._carried[lane] = fallback.active
             self._debt[lane] += fallback.active
+            kept = self._kept[lane]  # renewed by the call that found Redis (if not, lost)
+            self._busy[lane].extend(kept)
+            self._debt[lane] -= len(kept)
+            kept.clear()
         self._mode = "global"
         self._refresh_blocked()
         self._move_waiters()
@@ -1235,6 +1355,8 @@ class RedisBackend(LaneQueues[_Waiter]):
                         self._on_message(str(message["data"]))
             except _REDIS_ERRORS:
                 pass
+            except Exception:  # a bug must not end the subscription: log, subscribe again
+                logger.exception("lockgate %r: error in the pub/sub task", self.name)
             finally:
                 with contextlib.suppress(*_REDIS_ERRORS):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
