@@ -173,6 +173,17 @@ def test_cli_env_is_a_dotenv_that_gate_settings_read(
     assert (settings.wait_timeout, settings.reject_threshold) == (0.02, 112)
 
 
+def test_cli_env_values_read_back_exactly(capsys: pytest.CaptureFixture[str]) -> None:
+    """The env format prints the same numbers as the JSON one (no 6-digit ``%g``)."""
+    args = ["--pool", "100", "--avg-latency", "50ms", "--p95-latency", "80ms",
+            "--target-rps", "1500", "--sla", "1234.5678s"]
+    assert main(["plan", *args, "--format", "json"]) == 0
+    settings = json.loads(capsys.readouterr().out)["settings"]
+    assert main(["plan", *args, "--format", "env"]) == 0
+    env = dict(line.split("=") for line in capsys.readouterr().out.splitlines()[1:])
+    assert float(env["BACKPRESSURE_WAIT_TIMEOUT"]) == settings["wait_timeout"]
+
+
 def test_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", *ORIGINAL, "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -197,6 +208,8 @@ def test_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
         (["--pool", "0"], "the pool size must be at least 1, got 0"),
         (["--target-rps", "-3"], "the target rate must be positive, got -3"),
         (["--format", "xml"], "argument --format: invalid choice: 'xml'"),
+        (["--target-rps", "1e308", "--avg-latency", "10s", "--p95-latency", "20s", "--sla", "30s"],
+         "the inputs are too large"),
     ],
 )
 def test_cli_errors_exit_2_with_a_message(

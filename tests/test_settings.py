@@ -63,12 +63,16 @@ def test_partial_lane_dict_merges_with_lane_defaults() -> None:
 def test_presets_of_the_original_plan(name: str, expected: tuple[int, int, float, int]) -> None:
     """The three environments of the original capacity plan."""
     s = GateSettings.preset(name)  # type: ignore[arg-type]
-    assert (s.max_concurrent, s.queue_capacity, s.wait_timeout, s.reject_threshold) == expected
+    got = (s.max_concurrent, s.queue_capacity, s.wait_timeout, s.effective_reject_threshold)
+    assert got == expected
 
 
 def test_preset_overrides_and_unknown_name() -> None:
-    """A preset takes overrides; an unknown preset is a clear error."""
+    """A preset takes overrides; an unknown preset is a clear error. The reject threshold
+    follows overridden seats or queue (it is the default, seats + queue)."""
     assert GateSettings.preset("staging", max_concurrent=10).max_concurrent == 10
+    assert GateSettings.preset("development", max_concurrent=200).effective_reject_threshold == 300
+    assert GateSettings.preset("production", queue_capacity=0).effective_reject_threshold == 100
     with pytest.raises(ValueError, match=r"^unknown preset 'prod'; choose one of "):
         GateSettings.preset("prod")  # type: ignore[arg-type]
 
@@ -145,3 +149,11 @@ def test_optional_fields_are_unset_from_the_environment(
     )
     monkeypatch.setenv("BACKPRESSURE_TARGET_WAIT", "0.02")
     assert GateSettings().target_wait == 0.02
+
+
+def test_lane_none_values_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lane's ``None`` (no borrow limit, no queue limit) can be set from the environment."""
+    monkeypatch.setenv("BACKPRESSURE_LANES__LOW__BORROW_LIMIT", "none")
+    monkeypatch.setenv("BACKPRESSURE_LANES__LOW__QUEUE_LIMIT", "")
+    low = GateSettings().lanes.low
+    assert (low.borrow_limit, low.queue_limit) == (None, None)

@@ -80,7 +80,7 @@ class Plan:
     def env(self) -> dict[str, str]:
         """The settings as ``BACKPRESSURE_*`` environment variables."""
         return {
-            f"BACKPRESSURE_{name.upper()}": str(value) if isinstance(value, int) else f"{value:g}"
+            f"BACKPRESSURE_{name.upper()}": str(value) if isinstance(value, int) else repr(value)
             for name, value in self.settings().items()
         }
 
@@ -212,7 +212,10 @@ def _summary(plan: Plan) -> str:
 
 
 def _ceil(value: float) -> int:
-    """``ceil`` that ignores float noise (``1500 * 0.05 * 1.2`` is 90, not 91)."""
+    """``ceil`` that ignores float noise (``1500 * 0.05 * 1.2`` is 90, not 91); a
+    ``ValueError`` (a clear message, exit 2) for inputs too large to compute with."""
+    if not math.isfinite(value):
+        raise ValueError("the inputs are too large: the result is not a finite number")
     return math.ceil(round(value, 9))
 
 

@@ -23,13 +23,10 @@ __all__ = ["GateSettings", "LaneSettings", "LanesSettings"]
 
 PresetName = Literal["development", "staging", "production"]
 
-_PRESETS: dict[str, dict[str, float | int]] = {
-    "development": {"max_concurrent": 20, "queue_capacity": 100, "wait_timeout": 10.0,
-                    "reject_threshold": 120},
-    "staging": {"max_concurrent": 80, "queue_capacity": 500, "wait_timeout": 5.0,
-                "reject_threshold": 580},
-    "production": {"max_concurrent": 100, "queue_capacity": 1000, "wait_timeout": 3.0,
-                   "reject_threshold": 1100},
+_PRESETS: dict[str, dict[str, float | int]] = {  # reject_threshold: the default, seats + queue
+    "development": {"max_concurrent": 20, "queue_capacity": 100, "wait_timeout": 10.0},
+    "staging": {"max_concurrent": 80, "queue_capacity": 500, "wait_timeout": 5.0},
+    "production": {"max_concurrent": 100, "queue_capacity": 1000, "wait_timeout": 3.0},
 }
 
 
@@ -46,6 +43,19 @@ class LaneSettings(BaseModel):
     """How far beyond its nominal seats the lane may grow, as a fraction; ``None``: up to C."""
     queue_limit: int | None = Field(default=None, ge=0)
     """Most waiters of this lane; ``None``: only the total ``queue_capacity`` applies."""
+
+    @field_validator("borrow_limit", "queue_limit", mode="before")
+    @classmethod
+    def _none_from_text(cls, value: Any) -> Any:
+        """``none``, ``null``, ``off`` or an empty string (how an env var says "unset")."""
+        return _unset(value)
+
+
+def _unset(value: Any) -> Any:
+    """``None`` for ``none``, ``null``, ``off`` or an empty string, else ``value``."""
+    if isinstance(value, str) and value.strip().lower() in ("", "none", "null", "off"):
+        return None
+    return value
 
 
 _LANE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -150,9 +160,7 @@ class GateSettings(BaseSettings):
     @classmethod
     def _none_from_text(cls, value: Any) -> Any:
         """``none``, ``null``, ``off`` or an empty string (how an env var says "unset")."""
-        if isinstance(value, str) and value.strip().lower() in ("", "none", "null", "off"):
-            return None
-        return value
+        return _unset(value)
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -191,8 +199,9 @@ class GateSettings(BaseSettings):
     def preset(cls, name: PresetName, **overrides: Any) -> GateSettings:
         """The environments of the original capacity plan, with optional overrides.
 
-        ``development`` 20/100/10 s/120, ``staging`` 80/500/5 s/580,
-        ``production`` 100/1000/3 s/1100 (seats / queue / wait / reject threshold).
+        ``development`` 20/100/10 s, ``staging`` 80/500/5 s, ``production`` 100/1000/3 s
+        (seats / queue / wait); the reject threshold is the default, seats + queue (120, 580,
+        1100), so it follows overridden seats or queue.
         """
         try:
             values = _PRESETS[name]
