@@ -296,8 +296,41 @@ def test_a_collected_or_closed_gate_is_no_longer_observed(sdk: Sdk) -> None:
     assert values(sdk.collect()["backpressure.concurrency_limit"]) == {(): 3}
     keep.metrics.close()
     after = sdk.collect()
-    for name in ("concurrency_limit", "active_requests", "queued_requests", "rejected"):
+    for name in ("concurrency_limit", "active_requests", "queued_requests"):
         assert f"backpressure.{name}" not in after
+    # counters keep the gone gates' totals (zero here): a counter never goes backwards
+    assert set(values(after["backpressure.admitted"]).values()) == {0}
+
+
+def test_counters_never_go_backwards_when_a_gate_goes_away(sdk: Sdk) -> None:
+    """Two gates on one meter; one is closed, the other collected: the admitted and rejected
+    totals keep their counts (Prometheus would read a drop as a counter reset and count the
+    survivors' whole totals again, e.g. firing HighRejectionRate with no rejection at all)."""
+    keep = Gate(ok_app, GateSettings(max_concurrent=3), meter=sdk.meter)
+    closed = Gate(ok_app, GateSettings(max_concurrent=3), meter=sdk.meter)
+    gone = Gate(ok_app, GateSettings(max_concurrent=3), meter=sdk.meter)
+    for gate, n in ((keep, 1), (closed, 2), (gone, 4)):
+        for _ in range(n):
+            permit = gate.scheduler.try_acquire(Priority.NORMAL)
+            assert permit is not None
+            permit.release()
+            gate.scheduler.record_rejection(Priority.HIGH, RejectReason.QUEUE_FULL)
+
+    def totals() -> tuple[float, float]:
+        found = sdk.collect()
+        return (values(found["backpressure.admitted"])[lane("normal")],
+                values(found["backpressure.rejected"])[rejected("high", "queue_full")])
+
+    assert totals() == (7, 7)
+    closed.metrics.close()
+    assert totals() == (7, 7)
+    del gone
+    gc.collect()
+    assert totals() == (7, 7)
+    permit = keep.scheduler.try_acquire(Priority.NORMAL)
+    assert permit is not None
+    permit.release()
+    assert totals() == (8, 7)
 
 
 @pytest.mark.anyio
@@ -435,3 +468,20 @@ def test_backend_mode_can_be_given_explicitly(sdk: Sdk) -> None:
     mode = "closed"
     assert backend_modes(sdk) == {"global": 1, "local": 0, "open": 0, "closed": 1}
     assert len(kept) == 2
+
+
+@pytest.mark.anyio
+async def test_degradation_mode_reports_cache_only_while_it_serves(sdk: Sdk) -> None:
+    """backpressure_degradation_mode{policy="cache_only"} is 1 while the load is at or above
+    the cache's threshold (the runbook's triage looks for it), 0 below."""
+    from lockgate.degrade import CacheOnlyPolicy
+
+    gate = Gate(ok_app, GateSettings(max_concurrent=4), policies=[CacheOnlyPolicy(threshold=0.0)],
+                meter=sdk.meter)
+    assert values(sdk.collect()["backpressure.degradation_mode"]) == {
+        (("policy", "cache_only"),): 0}
+    ex = Exchange(gate, scope=make_scope("/x"))
+    ex.push_body()
+    await ex.run()
+    assert values(sdk.collect()["backpressure.degradation_mode"]) == {
+        (("policy", "cache_only"),): 1}

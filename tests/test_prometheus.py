@@ -261,8 +261,8 @@ def test_missing_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_global_provider_reaches_gates_built_before_and_after() -> None:
     """The one-call form, in a fresh process (the global provider can be set only once):
-    gates built with ``meter=None`` before and after ``setup_prometheus`` both report, and a
-    second global setup is refused with a clear error."""
+    gates built with ``meter=None`` before and after ``setup_prometheus``, and one built with
+    ``meter=result.meter``, all report; a second global setup is refused with a clear error."""
     script = textwrap.dedent(
         """
         import asyncio
@@ -274,6 +274,7 @@ def test_global_provider_reaches_gates_built_before_and_after() -> None:
         before = Gate(ok_app, GateSettings(max_concurrent=3))
         app = setup_prometheus(before)
         after = Gate(ok_app, GateSettings(max_concurrent=4))
+        explicit = Gate(ok_app, GateSettings(max_concurrent=5), meter=app.meter)
 
         async def main():
             transport = httpx.ASGITransport(app=app)
@@ -292,7 +293,8 @@ def test_global_provider_reaches_gates_built_before_and_after() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
     series = scrape_text(done.stdout.split("second:")[0])
-    assert series["backpressure_concurrency_limit"] == [({}, 7.0)]
+    # the explicit meter= form shares the instruments of the meter=None form (it was lost)
+    assert series["backpressure_concurrency_limit"] == [({}, 12.0)]
     assert ({"lane": "normal"}, 1.0) in series["backpressure_admitted_total"]
     assert "second: a global OpenTelemetry MeterProvider is already set" in done.stdout
 

@@ -33,6 +33,7 @@ from ._types import ASGIApp, Message, Receive, Scope, Send
 from .backends import Backend
 from .degrade import (
     Answer,
+    CacheOnlyPolicy,
     CircuitBreakerPolicy,
     DegradationPolicy,
     PolicyChain,
@@ -351,6 +352,8 @@ class Gate:
         for policy in self.policies.policies:
             if isinstance(policy, ReadOnlyPolicy):
                 modes["read_only"] = modes.get("read_only", False) or policy.active
+            elif isinstance(policy, CacheOnlyPolicy):
+                modes["cache_only"] = modes.get("cache_only", False) or policy.active
             elif isinstance(policy, CircuitBreakerPolicy):
                 is_open = policy.state(now) != "closed"
                 modes["circuit_breaker"] = modes.get("circuit_breaker", False) or is_open

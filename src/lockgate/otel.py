@@ -160,6 +160,9 @@ class _Instruments:
 
     def __init__(self, meter: Meter) -> None:
         self._sources: list[weakref.ref[GateMetrics]] = []
+        # Counters never go backwards: a gate closed or collected leaves its last counts.
+        self._seen: dict[weakref.ref[GateMetrics], _Counts] = {}
+        self._retired: _Counts = ([0] * len(_LANES), dict.fromkeys(_REJECT_ATTRS, 0))
         self.wait_time: Histogram = meter.create_histogram(
             "backpressure.wait_time",
             unit="s",
@@ -198,11 +201,46 @@ class _Instruments:
         )  # fmt: skip
 
     def add(self, source: GateMetrics) -> None:
-        self._sources = [ref for ref in self._sources if ref() is not None]
+        self._prune()
         self._sources.append(weakref.ref(source))
 
     def discard(self, source: GateMetrics) -> None:
-        self._sources = [ref for ref in self._sources if ref() not in (None, source)]
+        for ref in self._sources:
+            if ref() is source:
+                self._seen[ref] = _counts(source.stats())
+                self._retire(ref)
+        self._sources = [ref for ref in self._sources if ref() is not source]
+        self._prune()
+
+    def _prune(self) -> None:
+        for ref in self._sources:
+            if ref() is None:
+                self._retire(ref)
+        self._sources = [ref for ref in self._sources if ref() is not None]
+
+    def _retire(self, ref: weakref.ref[GateMetrics]) -> None:
+        """Fold a gone gate's last counts into the totals every later export includes."""
+        seen = self._seen.pop(ref, None)
+        if seen is not None:
+            admitted, rejected = self._retired
+            for i, n in enumerate(seen[0]):
+                admitted[i] += n
+            for key, n in seen[1].items():
+                rejected[key] += n
+
+    def _totals(self) -> _Counts:
+        """Admitted and rejected counts of every gate, the gone ones included."""
+        admitted, rejected = list(self._retired[0]), dict(self._retired[1])
+        for ref in self._sources:
+            source = ref()
+            if source is None:
+                continue
+            counts = self._seen[ref] = _counts(source.stats())
+            for i, n in enumerate(counts[0]):
+                admitted[i] += n
+            for key, n in counts[1].items():
+                rejected[key] += n
+        return admitted, rejected
 
     def _live(self) -> list[GateMetrics]:
         return [m for m in (ref() for ref in self._sources) if m is not None]
@@ -225,7 +263,10 @@ class _Instruments:
         return self._per_lane(lambda stats, i: stats.lanes[i].queued)
 
     def _admitted(self, options: CallbackOptions) -> Iterable[Observation]:
-        return self._per_lane(lambda stats, i: stats.lanes[i].admitted)
+        with _lock:
+            self._prune()
+            admitted, _ = self._totals()
+        return [metrics.Observation(n, _LANE_ATTRS[i]) for i, n in enumerate(admitted)]
 
     def _limit(self, options: CallbackOptions) -> Iterable[Observation]:
         sources = self._live()
@@ -234,16 +275,10 @@ class _Instruments:
         return [metrics.Observation(sum(source.stats().limit for source in sources))]
 
     def _rejected(self, options: CallbackOptions) -> Iterable[Observation]:
-        sources = self._live()
-        if not sources:
-            return []
-        totals = dict.fromkeys(_REJECT_ATTRS, 0)
-        for source in sources:
-            for lane, stats in zip(_LANES, source.stats().lanes, strict=True):
-                for reason, count in stats.rejected.items():
-                    if (lane, reason) in totals:
-                        totals[lane, reason] += count
-        return [metrics.Observation(n, _REJECT_ATTRS[key]) for key, n in totals.items()]
+        with _lock:
+            self._prune()
+            _, rejected = self._totals()
+        return [metrics.Observation(n, _REJECT_ATTRS[key]) for key, n in rejected.items()]
 
     def _degradation(self, options: CallbackOptions) -> Iterable[Observation]:
         modes: dict[str, float] = {}
@@ -266,3 +301,16 @@ class _Instruments:
         if counts is None:
             return []
         return [metrics.Observation(n, {"mode": mode}) for mode, n in counts.items()]
+
+
+_Counts = tuple[list[int], dict[tuple[Priority, str], int]]
+
+
+def _counts(stats: GateStats) -> _Counts:
+    """A gate's admitted (per lane) and rejected (per lane and reason) counts."""
+    rejected = dict.fromkeys(_REJECT_ATTRS, 0)
+    for lane, lane_stats in zip(_LANES, stats.lanes, strict=True):
+        for reason, count in lane_stats.rejected.items():
+            if (lane, reason) in rejected:
+                rejected[lane, reason] += count
+    return [lane.admitted for lane in stats.lanes], rejected

@@ -140,9 +140,15 @@ class PrometheusMetrics:
 
     @property
     def meter(self) -> Meter:
-        """The meter lockgate's instruments use (for ``Gate(..., meter=...)``)."""
+        """The meter lockgate's instruments use (for ``Gate(..., meter=...)``). While the
+        provider is the global one, that is the meter of ``Gate(..., meter=None)`` too, so
+        gates built either way share one set of instruments (two sets of the same names on
+        one provider would lose one gate's observations)."""
         from . import __version__
+        from .otel import _get_default_meter
 
+        if metrics.get_meter_provider() is self.meter_provider:
+            return _get_default_meter()
         return self.meter_provider.get_meter(METER_NAME, __version__)
 
     @property

@@ -102,13 +102,20 @@ class CacheOnlyPolicy:
         self._count = 0
         self._bytes = 0
         self._key_failed = False
+        self._serving = False
+
+    @property
+    def active(self) -> bool:
+        """Was the load at or above ``threshold`` at the last request (cache hits served)?"""
+        return self._serving
 
     def __len__(self) -> int:
         """Stored responses (variants included), expired ones not yet dropped too."""
         return self._count
 
     def before(self, request: RequestInfo, stats: GateStats, now: float) -> Answer | None:
-        if request.method != "GET" or self.measure(stats) < self.threshold:
+        self._serving = serving = self.measure(stats) >= self.threshold
+        if request.method != "GET" or not serving:
             return None
         base = self._base_key(request)
         bucket = self._entries.get(base) if base is not None else None
