@@ -404,6 +404,29 @@ async def test_an_unreadable_message_is_skipped_and_the_subscription_lives_on(
     release([waiter.permit, *permits])
 
 
+async def test_a_message_without_a_sender_leaves_the_registry_alone(
+    inst: Instances, rc: redis.Redis
+) -> None:
+    """Review 2, finding 5: a message without ``#`` (or with an empty sender) was read as an
+    empty registry and wiped what the instance knew of other instances' waiters."""
+    a = await inst.make(settings(4), block=1)
+    b = await inst.make(settings(4), block=1)
+    held = await hold(b, NORMAL, 4)
+    async with anyio.create_task_group() as tg:
+        waiter = await arrive(tg, b, NORMAL)  # registered in Redis, published to a
+        await await_for(lambda: a._yield[NORMAL], 2.0, "a to hear of b's waiter")
+        known = [(lane, want) for lane, _, want, _ in a._others]
+        rc.publish(a.channel, "hello world")
+        rc.publish(a.channel, "#")
+        await await_for(lambda: a.counters["bad_messages"] == 2, 1.0, "the messages")
+        assert [(lane, want) for lane, _, want, _ in a._others] == known == [(NORMAL, 1)]
+        assert a._yield[NORMAL]
+        held.pop().release()
+        with anyio.fail_after(1.0):
+            await waiter.done.wait()
+    release([waiter.permit, *held])
+
+
 async def test_one_subscription_per_instance(inst: Instances, rc: redis.Redis) -> None:
     a = await inst.make(settings(2))
     await inst.make(settings(2))
@@ -763,6 +786,60 @@ async def test_seats_of_a_call_planned_under_the_old_limit_admit_nobody(
     waiter.permit.release()
 
 
+async def test_lowering_the_limit_gives_back_only_the_seats_over_it(
+    inst: Instances, rc: redis.Redis
+) -> None:
+    """Review 2, finding 6: lowering C from 100 to 99 with 17 seats leased emptied the idle
+    pool, and the next request missed the fast path. Only seats over the new limit go."""
+    backend = await inst.make(settings(100), block=16, linger=30.0)
+    release(await hold(backend, NORMAL, 4))
+    await backend.settled()
+    assert backend.leased == (0, 0, 17, 0)
+    backend.set_limit(99)
+    permit = backend.try_acquire(NORMAL)
+    assert permit is not None and backend.leased == (0, 0, 17, 0)
+    backend.set_limit(12)  # 17 leased: the 5 over it go back, the seat in use stays
+    assert backend.leased == (0, 0, 12, 0)
+    await backend.settled()
+    assert inst.live(rc) == [0, 0, 12, 0]
+    permit.release()
+
+
+async def test_a_call_in_flight_when_the_limit_is_lowered_a_little_still_serves(
+    inst: Instances, rc: redis.Redis
+) -> None:
+    """Review 2, finding 6: any lowered limit made a call in flight stale, its seats given
+    back and asked for again. Its seats still fit under C = 19: they serve the waiter (the
+    leases it holds are the first call's, seats 0 to 8)."""
+    backend = await inst.make(settings(20), block=8, linger=30.0)
+    real = backend._script
+    entered, go_on = anyio.Event(), anyio.Event()
+
+    async def held_back(**kwargs: Any) -> Any:
+        entered.set()
+        await go_on.wait()
+        return await real(**kwargs)
+
+    backend._script = held_back
+    async with anyio.create_task_group() as tg:
+        waiter = await arrive(tg, backend, NORMAL)
+        with anyio.fail_after(1.0):
+            await entered.wait()  # its call, for 1 + a block of 8 under C = 20, is in flight
+        backend.set_limit(19)
+        backend._script = real
+        go_on.set()
+        with anyio.fail_after(2.0):
+            await waiter.done.wait()
+    assert waiter.permit is not None
+    await backend.settled()
+    members = rc.zrange(seat_keys(inst.name)[NORMAL], 0, -1)
+    assert isinstance(members, list)
+    seqs = sorted(int(m.split(b":")[1]) for m in members if isinstance(m, bytes))
+    assert seqs == list(range(9))
+    assert backend.leased == (0, 0, 9, 0)
+    waiter.permit.release()
+
+
 # -- when Redis fails -------------------------------------------------------------------------
 
 
@@ -825,6 +902,142 @@ async def test_recovery_renews_the_leases_of_requests_still_running(
             for waiter in waiters:
                 await waiter.done.wait()
     release([w.permit for w in waiters])
+
+
+async def test_the_fallback_admits_nobody_while_the_recovery_call_is_in_flight(
+    inst: Instances, rc: redis.Redis
+) -> None:
+    """Review 2, finding 1: the recovery call counts the fallback's requests before it goes
+    out, but the fallback went on admitting while it was in flight: requests for which no
+    seat was asked (12 running against C = 10)."""
+    a = await inst.make(settings(10), expected_instances=2, heartbeat=0.3, block=1)
+    b = await inst.make(settings(10), expected_instances=2, block=1)
+    running = await hold(a, NORMAL, 5)
+    others = await hold(b, NORMAL, 5)
+    late: list[Permit | None] = []
+    async with anyio.create_task_group() as tg:
+        waiters = [await arrive(tg, b, NORMAL) for _ in range(3)]
+        outage = Outage(a)
+        await await_for(lambda: a.mode == "local", 2.0, "the fallback")
+        release([running.pop(), running.pop()])  # 3 still running: 2 fallback seats free
+        entered, go_on = anyio.Event(), anyio.Event()
+        calls = 0
+
+        async def recovery_held_back(**kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 2:  # the probe's first call answered; this is the recovery call
+                entered.set()
+                await go_on.wait()
+            return await outage.script(**kwargs)
+
+        outage.end(recovery_held_back)
+        with anyio.fail_after(2.0):
+            await entered.wait()
+        late = [a.try_acquire(NORMAL) for _ in range(3)]
+        go_on.set()
+        await await_for(lambda: a.mode == "global", 2.0, "global mode again")
+        for _ in range(20):
+            served = sum(w.permit is not None for w in waiters)
+            admitted = len(running) + len(others) + sum(p is not None for p in late) + served
+            assert admitted <= 10 and sum(inst.live(rc)) <= 10
+            await anyio.sleep(0.01)
+        assert late == [None, None, None]
+        release([*running, *others, *late])
+        with anyio.fail_after(2.0):
+            for waiter in waiters:
+                await waiter.done.wait()
+    release([w.permit for w in waiters])
+
+
+async def test_recovery_hands_no_fallback_seat_to_the_fallback_waiters(
+    inst: Instances, rc: redis.Redis
+) -> None:
+    """Review 2, finding 1: back to global mode, the shadows went back to the fallback
+    scheduler, which handed them to its waiters: admitted after the atomic recovery call,
+    with no seat asked for (13 running against C = 10). They now wait in global mode."""
+    a = await inst.make(settings(10), expected_instances=2, heartbeat=0.1, block=1)
+    b = await inst.make(settings(10), expected_instances=2, block=1)
+    running = await hold(a, NORMAL, 5)
+    others = await hold(b, NORMAL, 5)
+    async with anyio.create_task_group() as tg:
+        outage = Outage(a)
+        await await_for(lambda: a.mode == "local", 2.0, "the fallback")
+        release([running.pop(), running.pop()])  # 3 still running: 2 fallback seats free
+        fallback = [a.try_acquire(NORMAL) for _ in range(2)]
+        assert None not in fallback and a.try_acquire(NORMAL) is None
+        waiters = [await arrive(tg, a, NORMAL) for _ in range(3)]  # in the fallback's queue
+        waiters += [await arrive(tg, b, NORMAL) for _ in range(3)]
+        outage.end()
+        await await_for(lambda: a.mode == "global", 2.0, "global mode again")
+        for _ in range(30):
+            served = sum(w.permit is not None for w in waiters)
+            assert len(running) + len(fallback) + len(others) + served <= 10
+            assert sum(inst.live(rc)) <= 10
+            await anyio.sleep(0.01)
+        release([*running, *fallback, *others])
+        with anyio.fail_after(2.0):
+            for waiter in waiters:
+                await waiter.done.wait()
+    release([w.permit for w in waiters])
+    await a.settled()
+    await b.settled()
+    assert a.stats().active == b.stats().active == 0
+    assert sum(a.leased) + sum(b.leased) == sum(inst.live(rc))  # (idle pools, until linger)
+
+
+async def test_raising_the_limit_in_the_fallback_counts_the_requests_still_running(
+    inst: Instances,
+) -> None:
+    """Review 2, finding 2: raised during the fallback, the limit gave the fallback more
+    seats but our requests still running from global mode took none of them: newcomers
+    and waiters did (13 in flight against the fallback's 8)."""
+    backend = await inst.make(settings(10), expected_instances=2, heartbeat=0.1, block=10)
+    old = await hold(backend, NORMAL, 10)
+    outage = Outage(backend)
+    try:
+        await await_for(lambda: backend.mode == "local", 2.0, "the fallback")
+        async with anyio.create_task_group() as tg:
+            waiter = await arrive(tg, backend, NORMAL)  # 10 running, 5 fallback seats
+            backend.set_limit(16)  # on every instance: the fallback's share is ceil(16 / 2)
+            await anyio.sleep(0.05)
+            assert backend._local.limit == 8
+            assert backend.try_acquire(NORMAL) is None and not waiter.done.is_set()
+            release([old.pop(), old.pop()])  # 8 running: still no fallback seat free
+            await anyio.sleep(0.05)
+            assert backend.try_acquire(NORMAL) is None and not waiter.done.is_set()
+            old.pop().release()  # 7 running
+            with anyio.fail_after(1.0):
+                await waiter.done.wait()
+        assert waiter.permit is not None and backend.stats().active == 8
+        release([waiter.permit, *old])
+    finally:
+        outage.end()
+
+
+async def test_requests_past_a_lanes_fallback_max_still_count_against_the_fallback(
+    inst: Instances,
+) -> None:
+    """Review 2, finding 3: the requests in flight took their fallback seats with
+    ``try_acquire``, which stops at the lane's Max in the fallback (low: 3 of 10), so
+    those past it were not counted (12 in flight against 10)."""
+    default_lanes = GateSettings(
+        max_concurrent=20, queue_capacity=50, wait_timeout=5.0, target_wait=None
+    )
+    backend = await inst.make(default_lanes, expected_instances=2, heartbeat=0.1)
+    assert backend.seats[LOW].max == 6
+    low = await hold(backend, LOW, 6)
+    outage = Outage(backend)
+    try:
+        await await_for(lambda: backend.mode == "local", 2.0, "the fallback")
+        assert backend._local.seats[LOW].max == 3
+        new = [backend.try_acquire(NORMAL) for _ in range(20)]
+        admitted = sum(p is not None for p in new)
+        assert len(low) + admitted <= 10  # (critical's guaranteed seat stays free: 9)
+        assert backend.stats().active == len(low) + admitted
+        release([*low, *new])
+    finally:
+        outage.end()
 
 
 async def test_an_instance_that_never_reached_redis_takes_a_conservative_share(
@@ -923,12 +1136,12 @@ async def test_leases_are_renewed_in_one_call_per_heartbeat(
 
 def raw_sync(
     client: redis.Redis, name: str, instance: str, *, want: int = 0,
-    release: tuple[str, ...] = (), renew: tuple[str, ...] = (), limit: int = 4,
+    release: tuple[str, ...] = (), renew: tuple[str, ...] = (), limit: int = 4, seq: int = 0,
 ) -> list[Any]:  # fmt: skip
     """Run the backend's script by hand (argument layout: see ``lua/sync.lua``)."""
     keys = [*seat_keys(name), f"{tag(name)}:wait", f"{tag(name)}:instances"]
     args = [
-        instance, "3000", str(limit), "0", f"{tag(name)}:wake", "0",
+        instance, "3000", str(limit), str(seq), f"{tag(name)}:wake", "0",
         "0", "0", "0", "0", str(limit), "0", "0", "0", *[str(limit)] * 4,
         "0", "0", str(want), "0", "0", "0", "0", "0", "0", "0", "0", "0",
         str(len(release)), *release, str(len(renew)), *renew,
@@ -968,6 +1181,50 @@ async def test_a_lost_lease_is_leased_again_for_the_request_still_running(
     )  # fmt: skip
     assert backend.stats().active == 2
     release(permits)
+
+
+async def test_a_lost_renewal_of_a_seat_in_use_is_leased_again_in_the_same_call(
+    inst: Instances, rc: redis.Redis
+) -> None:
+    """Review 2, finding 4 (the script): a renewal marked ``!`` (a request runs on the seat)
+    that finds its lease gone asks for a seat in the same call; an idle one does not."""
+    assert raw_sync(rc, inst.name, "x", want=2)[:4] == [0, 0, 2, 0]  # x:0, x:1
+    rc.zrem(seat_keys(inst.name)[NORMAL], "x:0", "x:1")  # both expired
+    result = raw_sync(rc, inst.name, "x", renew=("2!x:0", "2|x:1"), seq=2)
+    assert result[4] == [b"2!x:0", b"2|x:1"] and result[:4] == [0, 0, 1, 0]
+    assert rc.zscore(seat_keys(inst.name)[NORMAL], "x:2") is not None
+    raw_sync(rc, inst.name, "x", release=("2|x:2",))
+    rc.delete(f"{tag(inst.name)}:instances")
+
+
+async def test_leases_lost_in_a_long_outage_are_leased_again_by_the_recovery_call(
+    inst: Instances, rc: redis.Redis
+) -> None:
+    """Review 2, finding 4: after an outage longer than ``lease_ttl`` the recovery call
+    found the kept leases gone but asked no seat for their requests, which ran unleased
+    until a later call (another instance could take the seats meanwhile)."""
+    a = await inst.make(
+        settings(10), lease_ttl=0.5, heartbeat=0.15, block=1, expected_instances=2
+    )  # fmt: skip
+    running = await hold(a, NORMAL, 5)
+    outage = Outage(a)
+    await await_for(lambda: a.mode == "local", 2.0, "the fallback")
+    await await_for(lambda: inst.live(rc) == [0, 0, 0, 0], 2.0, "the leases to expire")
+    results: list[Any] = []
+
+    async def recording(**kwargs: Any) -> Any:
+        result = await outage.script(**kwargs)
+        results.append(result)
+        return result
+
+    outage.end(recording)
+    await await_for(lambda: a.mode == "global", 2.0, "global mode again")
+    recovery = next(result for result in results if result[4])  # it found them lost
+    assert len(recovery[4]) == 5 and recovery[:4] == [0, 0, 5, 0]
+    await a.settled()
+    assert a.leased == (0, 0, 5, 0) and inst.live(rc) == [0, 0, 5, 0]
+    assert a.stats().active == 5
+    release(running)
 
 
 # -- lifecycle and the gate -----------------------------------------------------------------

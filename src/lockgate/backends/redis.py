@@ -36,19 +36,20 @@ switches the instance to ``on_redis_error``: ``"local"`` (default: an in-process
 Redis, or 4 if Redis never answered), ``"open"`` (admit everything) or ``"closed"``
 (``SYSTEM_OVERLOAD``). Waiters move to the fallback with the time they have left; requests
 in flight keep their seats (and their leases, which stay in Redis) and are counted against
-the fallback until they finish. A probe brings the instance back to ``"global"`` with one
-atomic call that renews the leases of requests still running, leases seats for those
-running without one (the fallback's) and gives back what it could not while Redis was
-away (lease names are chosen by the client, so even a lease granted by a call that timed
-out is known); only then does it admit anything new.
+the fallback until they finish (past a lane's Max there if need be). Once a probe gets an
+answer, the fallback stops admitting, and one atomic call renews the leases of requests
+still running, leases seats for those running without one (the fallback's, and those whose
+lease expired) and gives back what it could not while Redis was away (lease names are
+chosen by the client, so even a lease granted by a call that timed out is known); only then
+does the instance admit anything new, in ``"global"`` mode.
 
 **What it is not.** It runs on asyncio only (redis-py), with a fixed limit (no adaptive
 limit across instances), and its queue is per instance (``queue_capacity``,
 ``reject_threshold`` and the standing-queue control apply to each instance's own waiters).
 A process stalled for longer than ``lease_ttl`` (a stop-the-world pause, a partition) loses
-its leases while its requests still run; the instance notices at its next renewal and leases
-seats for them before it admits anything new, but in the meantime the global count can
-exceed ``C`` -- the price of any lease that does not block on the holder.
+its leases while its requests still run; its next renewal finds them lost and leases seats
+for those requests in the same call (if any are free), but in the meantime the global count
+can exceed ``C`` -- the price of any lease that does not block on the holder.
 
 Start it on the event loop that serves requests: ``async with RedisBackend(...)``, ``await
 backend.start()`` / ``await backend.aclose()`` (e.g. in the ASGI lifespan), or let the first
@@ -62,6 +63,7 @@ import contextlib
 import logging
 import math
 import uuid
+from collections.abc import Sequence
 from importlib.resources import files
 from types import TracebackType
 from typing import Any, Final, Literal, NamedTuple
@@ -142,13 +144,39 @@ class _Planned(NamedTuple):
 
 
 class _Fallback(PriorityScheduler):
-    """The in-process scheduler used while Redis is away; tells its owner of each release."""
+    """The in-process scheduler used while Redis is away; tells its owner of each release.
+
+    It admits (newcomers and its waiters alike) only while ``admitting``: from the switch to
+    ``"local"`` until a probe finds Redis again, so that the recovery call counts every
+    request it runs. ``shadow`` gives a seat to a request already running from global mode.
+    """
 
     owner: RedisBackend
+    admitting = False
+
+    def try_acquire(self, lane: Priority) -> Permit | None:
+        return super().try_acquire(lane) if self.admitting else None
+
+    def _dispatch(self) -> None:
+        if self.admitting:
+            super()._dispatch()
 
     def _release(self, permit: Permit, dropped: bool, sample: bool) -> None:
         super()._release(permit, dropped, sample)
         self.owner._fallback_released(permit.lane)
+
+    def admit(self, admitting: bool) -> None:
+        """Start or stop admitting; started, the waiters get the free seats."""
+        self.admitting = admitting
+        self._dispatch()
+
+    def shadow(self, lane: Priority) -> Permit | None:
+        """A seat for a request already running (not an admission): past the lane's Max if
+        need be, never past the seats in all (I3); ``None`` when none is free."""
+        if self._used[lane] >= self._guaranteed[lane] and self._occupied >= self._limit:
+            return None
+        self._take(lane)
+        return Permit(self, lane)
 
 
 class RedisBackend(LaneQueues[_Waiter]):
@@ -305,7 +333,6 @@ class RedisBackend(LaneQueues[_Waiter]):
         )
         self._local.owner = self
         self._shadows: list[list[Permit]] = [[] for _ in _LANES]
-        self._shadows_taken = [0, 0, 0, 0]  # fallback seats ever taken for our own requests
         self._carried = [0, 0, 0, 0]  # fallback requests still running, counted in our debt
         self._moving: set[anyio.CancelScope] = set()
         self.leased_globally = 0
@@ -353,9 +380,11 @@ class RedisBackend(LaneQueues[_Waiter]):
         above a lowered limit keep their seats while nobody new is admitted above a lane's
         guarantee until the seats in use are back under it.
 
-        Lowered, the instance gives its idle seats back at once (they were leased under the
-        old limit), so every admission goes through the script and its new ``C`` until the
-        pool refills; a call in flight, planned under the old limit, gives its seats back too.
+        Lowered, the instance gives back at once the idle seats leased past the new limit
+        (see ``_trim``) and keeps the rest; a call in flight, planned under the old limit,
+        gives its seats back if they would take the leases past the new one. In the local
+        fallback, raised, the fallback's new seats count our requests still running from
+        global mode first.
 
         The script enforces the ``C`` the calling instance sends: give every instance the
         same limit (as with every other setting), or they enforce their own.
@@ -377,11 +406,9 @@ class RedisBackend(LaneQueues[_Waiter]):
             if self.settings.reject_threshold is not None
             else limit + self._queue_capacity
         )
-        self._local.set_limit(self._fallback_limit())
+        self._size_fallback(self._local.admitting)
         if lowered:
-            for lane in _LANES:
-                if self._idle[lane]:
-                    self._give_back(lane)
+            self._trim()
         self._wake.set()  # waiters may get the new seats; a lowered limit is learnt
 
     @property
@@ -505,7 +532,7 @@ class RedisBackend(LaneQueues[_Waiter]):
                     nominal=seats.nominal,
                     guaranteed=seats.guaranteed,
                     max=seats.max,
-                    admitted=self._admitted[lane] + fallback.admitted - self._shadows_taken[lane],
+                    admitted=self._admitted[lane] + fallback.admitted,
                     rejected=rejected,
                 )
             )
@@ -816,10 +843,7 @@ class RedisBackend(LaneQueues[_Waiter]):
         idle = self._idle[lane]
         idle.append(busy.pop())
         if self._shrinking:  # since the limit was lowered; the fast path skips the sums
-            if max(self.leased_globally, sum(self.leased)) > self._limit:
-                self._give_back(lane)  # over the lowered limit: the seat is gone, not handed on
-                return
-            self._shrinking = False
+            self._trim(lane)  # over the lowered limit: the seat is gone, not handed on
         if self._queued[lane] and not self._yield[lane]:
             self._serve(lane)
         # A seat our own waiters of another lane could use goes back at once, and they ask
@@ -848,18 +872,60 @@ class RedisBackend(LaneQueues[_Waiter]):
             waiter.state = _GRANTED
             waiter.event.set()
 
-    def _give_back(self, lane: int) -> None:
-        """Every idle seat of ``lane`` goes back to Redis."""
+    def _give_back(self, lane: int, count: int | None = None) -> None:
+        """The idle seats of ``lane`` (``count`` of them, default all) go back to Redis."""
         idle = self._idle[lane]
-        items = [f"{lane}|{seat}" for seat in idle]
-        idle.clear()
-        self._low_water[lane] = 0
+        if count is None or count >= len(idle):
+            items = [f"{lane}|{seat}" for seat in idle]
+            idle.clear()
+            self._low_water[lane] = 0
+        else:
+            items = [f"{lane}|{idle.pop()}" for _ in range(count)]
+            self._low_water[lane] = min(self._low_water[lane], len(idle))
         if self._fastpath:
             self._returns.extend(items)
             self._wake.set()
         else:
             for item in items:
                 self._spawn(self._return_inline(item))
+
+    def _excess(self, leased_globally: int, granted: Sequence[int]) -> tuple[int, list[int]]:
+        """Seats leased past the limit, with ``granted`` more: in all (I1, I3: the larger of
+        the global and the own count, a lane under its guarantee counted as holding it), and
+        per lane past its Max (I2, own seats)."""
+        pools = zip(self._idle, self._busy, granted, strict=True)
+        own = [len(idle) + len(busy) + more for idle, busy, more in pools]
+        spare = sum(max(0, s.guaranteed - n) for s, n in zip(self._seats, own, strict=True))
+        over = max(leased_globally, sum(own)) + spare - self._limit
+        return over, [n - s.max for s, n in zip(self._seats, own, strict=True)]
+
+    def _trim(self, first: int | None = None) -> None:
+        """Since the limit was lowered: idle seats leased past it go back (``first``'s lane
+        first, then from the lowest lane up), as many as are over it; seats in use stay. Once
+        nothing is over, the instance stops checking."""
+        over, lanes = self._excess(self.leased_globally, (0, 0, 0, 0))
+        if over <= 0 and max(lanes) <= 0:
+            self._shrinking = False
+            return
+        order = _LANES[::-1] if first is None else (first, *_LANES[::-1])
+        for lane in order:
+            idle = self._idle[lane]
+            # Only seats above the lane's guarantee lower the count of I3.
+            above = len(idle) + len(self._busy[lane]) - self._seats[lane].guaranteed
+            give = min(len(idle), max(lanes[lane], min(over, above)))
+            if give > 0:
+                self._give_back(lane, give)
+                lanes[lane] -= give
+                over -= min(give, above)
+                self.leased_globally -= give  # (as Redis will count it)
+
+    def _stale(self, planned: _Planned, result: list[Any]) -> bool:
+        """Was a call planned under a limit since lowered, and would its seats take the
+        leases past the new one? (Then they admit nobody.)"""
+        if planned.limit <= self._limit:
+            return False
+        over, lanes = self._excess(int(result[8]), [int(n) for n in result[:4]])
+        return over > 0 or max(lanes) > 0
 
     def _cover(self, lane: int) -> None:
         """Idle seats first cover requests running without a lease."""
@@ -917,7 +983,8 @@ class RedisBackend(LaneQueues[_Waiter]):
         arrivals: tuple[_Waiter, ...] = (),
     ) -> _Planned:
         seq = self._seq
-        wanted = sum(want)
+        # A lease of a running request ("<lane>!<seat>") lost at renewal is leased again.
+        wanted = sum(want) + sum(item[1] == "!" for item in renew)
         self._seq += wanted
         args = [
             *self._static_args, str(seq), self.channel, "1" if leaving else "0",
@@ -995,8 +1062,8 @@ class RedisBackend(LaneQueues[_Waiter]):
                 + (self._block if prefetch and not self._hold_none else 0)
             )  # fmt: skip
             self._prefetch[lane] = False
-            if self._debt[lane]:
-                ages[lane] = _DEBT_AGE_MS
+            if self._debt[lane] or (renew and not need[lane] and self._busy[lane]):
+                ages[lane] = _DEBT_AGE_MS  # (a running request's lease lost is debt)
             elif need[lane]:
                 oldest = self._oldest(lane)
                 ages[lane] = 0 if oldest is None else max(0, round((now - oldest) * 1000))
@@ -1004,7 +1071,7 @@ class RedisBackend(LaneQueues[_Waiter]):
         if renew:
             for lane in _LANES:
                 renewals.extend(f"{lane}|{seat}" for seat in self._idle[lane])
-                renewals.extend(f"{lane}|{seat}" for seat in self._busy[lane])
+                renewals.extend(f"{lane}!{seat}" for seat in self._busy[lane])
         if not (release or renewals or any(want) or any(self._registered)):
             return None
         return self._sync_args(want, need, release, renewals, ages=ages, arrivals=arrivals)
@@ -1014,8 +1081,8 @@ class RedisBackend(LaneQueues[_Waiter]):
     ) -> None:
         """Take in a script's answer: granted seats, lost leases, the waiter registry; seat
         the arrivals it asked for (after the lanes' waiters). ``stale``: the call was planned
-        under a limit since lowered, and its seats admit nobody (they cover requests running
-        without a lease, the rest go back)."""
+        under a limit since lowered and its seats would take the leases past it (``_stale``):
+        they admit nobody (they cover requests running without a lease, the rest go back)."""
         granted = [int(n) for n in result[:4]]
         for item in result[4]:
             self._lose(int(item[0]), item[2:])
@@ -1082,10 +1149,12 @@ class RedisBackend(LaneQueues[_Waiter]):
         """A wake-up from another instance. One that cannot be read (another version's, a
         stranger's on the channel) is skipped, and the first one logged."""
         self.counters["messages"] += 1
-        sender, _, registry = data.partition("#")
+        sender, hashed, registry = data.partition("#")
         if sender == self.instance_id or self._mode != "global":
             return
         try:
+            if not (hashed and sender):  # not one of ours: no registry to read
+                raise ValueError("no sender")
             self._read_registry(registry)
         except ValueError:
             self.counters["bad_messages"] += 1
@@ -1122,7 +1191,7 @@ class RedisBackend(LaneQueues[_Waiter]):
         if not int(result[lane]):
             self._read_registry(str(result[5]))
             return None
-        if self._mode != "global" or planned.limit > self._limit:
+        if self._mode != "global" or self._stale(planned, result):
             self._limbo.append(f"{lane}|{seat}")  # (a lowered limit: back at the next call)
             self._wake.set()
             return None
@@ -1191,7 +1260,7 @@ class RedisBackend(LaneQueues[_Waiter]):
                 self._degrade(exc)
                 return
             if self._mode == "global":
-                stale = planned.limit > self._limit
+                stale = self._stale(planned, result)
                 self._apply(planned.seq, result, planned.arrivals, stale)
             else:  # another call (fastpath=False) failed meanwhile: its seats are not ours
                 self._disown(planned.seq, result)
@@ -1222,8 +1291,13 @@ class RedisBackend(LaneQueues[_Waiter]):
             # (Asking for seats only once Redis answers keeps the names of seats a failed
             # call may have leased, which go to limbo, to one call per recovery.)
             await self._call(self._sync_args(nothing, nothing, [], []))
-            planned = self._recovery_call()
-            result = await self._call(planned)
+            self._local.admit(False)  # from now on the fallback admits nobody: see below
+            try:
+                planned = self._recovery_call()
+                result = await self._call(planned)
+            except BaseException:
+                self._local.admit(self._mode == "local")
+                raise
         except _REDIS_ERRORS:
             self.counters["redis_errors"] += 1
             self._probe_delay = min(2 * self._probe_delay, self.heartbeat)
@@ -1233,18 +1307,21 @@ class RedisBackend(LaneQueues[_Waiter]):
             self._disown(planned.seq, result)
             return
         self._recover()
-        self._apply(planned.seq, result, stale=planned.limit > self._limit)
+        self._apply(planned.seq, result, stale=self._stale(planned, result))
 
     def _recovery_call(self) -> _Planned:
-        """The call back to global mode: limbo given back, kept leases renewed, and a seat
-        asked for each request running without one (as debt: ahead of every waiter)."""
+        """The call back to global mode: limbo given back, kept leases renewed (those lost
+        leased again), and a seat asked for each request running without one (as debt: ahead
+        of every waiter). The fallback admits nobody meanwhile: the count stays true."""
         fallback = self._local.stats().lanes
         unleased = [  # ours without a kept lease, and the fallback's own
             self._debt[lane] - len(self._kept[lane]) + fallback[lane].active - len(shadows)
             for lane, shadows in zip(_LANES, self._shadows, strict=True)
         ]
-        ages = [_DEBT_AGE_MS if n else 0 for n in unleased]
-        renew = [f"{lane}|{seat}" for lane in _LANES for seat in self._kept[lane]]
+        ages = [
+            _DEBT_AGE_MS if n or kept else 0 for n, kept in zip(unleased, self._kept, strict=True)
+        ]
+        renew = [f"{lane}!{seat}" for lane in _LANES for seat in self._kept[lane]]
         release, self._limbo = self._limbo, []
         return self._sync_args(unleased, unleased, release, renew, ages=ages)
 
@@ -1267,7 +1344,7 @@ class RedisBackend(LaneQueues[_Waiter]):
         self._others = []
         self._registered = [False, False, False, False]
         self._backstop = math.inf
-        mode = self.on_redis_error
+        mode = self._mode = self.on_redis_error
         for lane in _LANES:  # fallback requests still running are the fallback's own
             self._debt[lane] -= self._carried[lane]
             self._carried[lane] = 0
@@ -1281,21 +1358,32 @@ class RedisBackend(LaneQueues[_Waiter]):
                     "the local fallback admits ceil(C / %d) = %d (set expected_instances)",
                     self.name, _UNKNOWN_INSTANCES, self._fallback_limit(),
                 )  # fmt: skip
-            self._local.set_limit(self._fallback_limit())
-            for lane in _LANES:  # our requests in flight count against the fallback
-                for _ in range(self._debt[lane]):
-                    shadow = self._local.try_acquire(lane)
-                    if shadow is None:
-                        break
-                    self._shadows[lane].append(shadow)
-                    self._shadows_taken[lane] += 1
-        self._mode = mode
+            self._size_fallback(admit=True)
         self._refresh_blocked()
         self._move_waiters()
 
+    def _size_fallback(self, admit: bool) -> None:
+        """Size the fallback for the current ``C``. In ``"local"`` mode our requests still
+        running from global mode count against it: each takes a seat in it (a shadow, up to
+        its seats in all) before its waiters are served; then it admits if ``admit``."""
+        local = self._local
+        local.admitting = False
+        local.set_limit(self._fallback_limit())
+        if self._mode == "local":
+            for lane in _LANES:
+                shadows = self._shadows[lane]
+                while len(shadows) < self._debt[lane]:
+                    shadow = local.shadow(lane)
+                    if shadow is None:
+                        break
+                    shadows.append(shadow)
+        local.admit(admit)
+
     def _recover(self) -> None:
         """Redis answers again (the call that said so renewed the kept leases and asked for
-        seats for the requests running without one): back to global seats."""
+        seats for the requests running without one): back to global seats. The fallback no
+        longer admits (``_probe``): its shadows go back without serving its waiters, which
+        move to global mode."""
         if self._mode == "global" or self._closed:
             return
         self.counters["mode_switches"] += 1

@@ -12,10 +12,12 @@
 --       19..22 want  23..26 need  27..30 age  (per lane: seats asked for, of them for waiters
 --                                              or unleased holders, age of the oldest waiter ms)
 --       31 n, then n seats to give back, "<lane>|<member>" (lane '*': whichever lane holds it)
---       then m, then m seats to renew, "<lane>|<member>"
+--       then m, then m seats to renew, "<lane>|<member>", or "<lane>!<member>" for a seat a
+--       request still runs on: lost, it is leased again in this call (added to want and need)
 -- Returns {granted lane 0..3, lost renewals, registry, nearest expiry ms (-1: none, or no
 --          unmet need), live instances, seats leased in all}.
--- Granted seats are named <instance>:<seq>, <instance>:<seq+1>, ... in lane order.
+-- Granted seats are named <instance>:<seq>, <instance>:<seq+1>, ... in lane order (the client
+-- reserves sum(want) plus one per "!" renewal).
 
 local inst, ttl, C = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local seq, channel, leaving = tonumber(ARGV[4]), ARGV[5], ARGV[6] == '1'
@@ -57,16 +59,21 @@ end
 pos = pos + count + 1
 
 -- 3. Renew. A lease that expired or was given back stays gone (a renewal racing a release
---    never resurrects it) and is reported lost.
+--    never resurrects it) and is reported lost; its request, if one still runs on it, asks
+--    for a new seat in this very call, as a waiter (step 5), not as this lease renewed.
 local lost = {}
 count = tonumber(ARGV[pos])
 for k = pos + 1, pos + count do
-  local key, id = KEYS[tonumber(string.sub(ARGV[k], 1, 1)) + 1], string.sub(ARGV[k], 3)
-  if redis.call('ZSCORE', key, id) then
-    redis.call('ZADD', key, expiry, id)
-    written[tonumber(string.sub(ARGV[k], 1, 1)) + 1] = true
+  local i, id = tonumber(string.sub(ARGV[k], 1, 1)) + 1, string.sub(ARGV[k], 3)
+  if redis.call('ZSCORE', KEYS[i], id) then
+    redis.call('ZADD', KEYS[i], expiry, id)
+    written[i] = true
   else
     lost[#lost + 1] = ARGV[k]
+    if string.sub(ARGV[k], 2, 2) == '!' then
+      want[i] = want[i] + 1
+      need[i] = need[i] + 1
+    end
   end
 end
 
