@@ -755,12 +755,9 @@ async def test_lowering_the_limit_admits_no_idle_seat_past_it(
     release([waiter.permit, *held])
 
 
-async def test_seats_of_a_call_planned_under_the_old_limit_admit_nobody(
-    inst: Instances, rc: redis.Redis
-) -> None:
-    """Review finding 1: a call in flight when the limit is lowered was planned (and is
-    granted) under the old one; its seats cover no newcomer and go back."""
-    backend = await inst.make(settings(20), block=8, linger=30.0)
+async def lower_the_limit_during_a_call(backend: RedisBackend, limit: int) -> Waiter:
+    """A NORMAL request arrives; while its script call (1 + a block) is in flight the limit is
+    lowered to ``limit``; the call then completes. Returns the request, done."""
     real = backend._script
     entered, go_on = anyio.Event(), anyio.Event()
 
@@ -773,12 +770,22 @@ async def test_seats_of_a_call_planned_under_the_old_limit_admit_nobody(
     async with anyio.create_task_group() as tg:
         waiter = await arrive(tg, backend, NORMAL)
         with anyio.fail_after(1.0):
-            await entered.wait()  # its call, for 1 + a block of 8 under C = 20, is in flight
-        backend.set_limit(1)
+            await entered.wait()
+        backend.set_limit(limit)
         backend._script = real
         go_on.set()
         with anyio.fail_after(2.0):
-            await waiter.done.wait()  # served by the next call, under C = 1
+            await waiter.done.wait()
+    return waiter
+
+
+async def test_seats_of_a_call_planned_under_the_old_limit_admit_nobody(
+    inst: Instances, rc: redis.Redis
+) -> None:
+    """Review finding 1: a call in flight when the limit is lowered was planned (and is
+    granted) under the old one; its seats cover no newcomer and go back."""
+    backend = await inst.make(settings(20), block=8, linger=30.0)
+    waiter = await lower_the_limit_during_a_call(backend, 1)  # served by a call under C = 1
     assert waiter.permit is not None
     await backend.settled()
     assert backend.try_acquire(NORMAL) is None
@@ -812,24 +819,7 @@ async def test_a_call_in_flight_when_the_limit_is_lowered_a_little_still_serves(
     back and asked for again. Its seats still fit under C = 19: they serve the waiter (the
     leases it holds are the first call's, seats 0 to 8)."""
     backend = await inst.make(settings(20), block=8, linger=30.0)
-    real = backend._script
-    entered, go_on = anyio.Event(), anyio.Event()
-
-    async def held_back(**kwargs: Any) -> Any:
-        entered.set()
-        await go_on.wait()
-        return await real(**kwargs)
-
-    backend._script = held_back
-    async with anyio.create_task_group() as tg:
-        waiter = await arrive(tg, backend, NORMAL)
-        with anyio.fail_after(1.0):
-            await entered.wait()  # its call, for 1 + a block of 8 under C = 20, is in flight
-        backend.set_limit(19)
-        backend._script = real
-        go_on.set()
-        with anyio.fail_after(2.0):
-            await waiter.done.wait()
+    waiter = await lower_the_limit_during_a_call(backend, 19)
     assert waiter.permit is not None
     await backend.settled()
     members = rc.zrange(seat_keys(inst.name)[NORMAL], 0, -1)

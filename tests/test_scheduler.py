@@ -93,21 +93,8 @@ class MakeBackend(Protocol):
 class _InProcess:
     kind = "memory"
 
-    async def __call__(
-        self,
-        limit: int = 100,
-        lanes: LanesSettings | Sequence[LaneSettings] | None = None,
-        *,
-        queue_capacity: int = 1000,
-        wait_timeout: float = 3.0,
-        reject_threshold: int | None = None,
-        target_wait: float | None = None,
-        clock: FakeClock | None = None,
-    ) -> Backend:
-        return PriorityScheduler(
-            limit, lanes, queue_capacity=queue_capacity, wait_timeout=wait_timeout,
-            reject_threshold=reject_threshold, target_wait=target_wait, clock=clock,
-        )  # fmt: skip
+    async def __call__(self, *args: Any, **kwargs: Any) -> Backend:  # MakeBackend's signature
+        return PriorityScheduler(*args, **kwargs)
 
     async def from_settings(self, settings: GateSettings, clock: FakeClock) -> Backend:
         return PriorityScheduler.from_settings(settings, clock=clock)
@@ -126,20 +113,16 @@ class _OverRedis:
         limit: int = 100,
         lanes: LanesSettings | Sequence[LaneSettings] | None = None,
         *,
-        queue_capacity: int = 1000,
-        wait_timeout: float = 3.0,
-        reject_threshold: int | None = None,
-        target_wait: float | None = None,
         clock: FakeClock | None = None,
+        **options: Any,  # MakeBackend's queue settings, which GateSettings names alike
     ) -> Backend:
         if lanes is not None and not isinstance(lanes, LanesSettings):
             names = ("critical", "high", "normal", "low")
             lanes = LanesSettings(**dict(zip(names, lanes, strict=True)))
         settings = GateSettings(
             max_concurrent=limit, lanes=lanes if lanes is not None else LanesSettings(),
-            queue_capacity=queue_capacity, wait_timeout=wait_timeout,
-            reject_threshold=reject_threshold, target_wait=target_wait,
-        )  # fmt: skip
+            **{"target_wait": None, **options},
+        )
         return await self.from_settings(settings, clock)
 
     async def from_settings(self, settings: GateSettings, clock: FakeClock | None) -> Backend:
