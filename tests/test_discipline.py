@@ -5,12 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 
 import anyio
 import pytest
 from anyio import wait_all_tasks_blocked
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
-from lockgate import DeadlineUnreachable, Permit, Priority, PriorityScheduler, QueueTimeout
+from lockgate import (
+    DeadlineUnreachable,
+    LanesSettings,
+    Permit,
+    Priority,
+    PriorityScheduler,
+    QueueTimeout,
+    Rejected,
+)
+from lockgate._clock import MonotonicClock, Timer
 from lockgate._discipline import QueueDiscipline
 from lockgate._scheduler import SAMPLE_EVERY
 from lockgate.testing import FakeClock
@@ -408,3 +420,329 @@ def test_retry_after_survives_an_infinite_wait_timeout() -> None:
     integer Retry-After within 1..60."""
     discipline = QueueDiscipline(4, 0.05, math.inf)
     assert discipline.retry_after(3, 10, jitter=0.5) == 60
+
+
+# -- phase-locked seats -------------------------------------------------------------------
+
+
+async def locked_four(
+    w: Waiters, scheduler: PriorityScheduler, clock: FakeClock, lane: Priority = NORMAL
+) -> None:
+    """Fill the 4 seats of ``scheduler`` from its queue in one instant: "a" to "d" are granted
+    together at t0 (and, holding 50 ms each, would all come back together at t0 + 50 ms)."""
+    holders = [scheduler.try_acquire(lane) for _ in range(4)]
+    for name in "abcd":
+        await w.add(name, lane)
+    clock.advance(0.05)
+    for holder in holders:
+        assert holder is not None
+        holder.release()
+    await wait_all_tasks_blocked()
+    assert sorted(w.order) == list("abcd")  # trio wakes tasks in no set order
+
+
+async def test_phase_locked_seats_are_handed_on_spread_out() -> None:
+    """Two seats taken and freed in the same instant: the second is held back one
+    ``mean service / limit``; nobody else may take it meanwhile; the next round is not locked."""
+    scheduler, clock = make(limit=4)
+    teach_service_time(scheduler, clock, 0.04)
+    async with anyio.create_task_group() as tg:
+        w = Waiters(scheduler, tg)
+        await locked_four(w, scheduler, clock)
+        await w.add("e")
+        await w.add("f")
+        clock.advance(0.05)
+        freed_at = clock.now()
+        w.release("a")
+        w.release("b")
+        await wait_all_tasks_blocked()
+        assert w.order[4:] == ["e"]  # "f" waits: b's seat is held back
+        assert scheduler.try_acquire(Priority.HIGH) is None  # and no newcomer takes it
+        delta = scheduler.discipline.mean_service / 4
+        clock.advance(0.99 * delta)
+        await wait_all_tasks_blocked()
+        assert "f" not in w.outcome
+        clock.advance(0.02 * delta)
+        await wait_all_tasks_blocked()
+        f = w.outcome["f"]
+        assert isinstance(f, Permit) and f.since == clock.now()  # granted at the hand-on
+        assert freed_at + 0.99 * delta < f.since <= freed_at + 1.01 * delta
+        await w.add("g")
+        await w.add("h")
+        clock.advance(0.05 - 1.01 * delta)
+        w.release("e")  # e and f come back delta apart: not locked, handed on at once
+        await wait_all_tasks_blocked()
+        clock.advance(1.01 * delta)
+        w.release("f")
+        await wait_all_tasks_blocked()
+        assert w.order[6:] == ["g", "h"]
+        tg.cancel_scope.cancel()
+
+
+async def test_seats_freed_together_but_taken_apart_are_handed_on_at_once() -> None:
+    """Freed in the same instant but taken at different times: not locked, no delay."""
+    scheduler, clock = make(limit=4)
+    teach_service_time(scheduler, clock, 0.04)
+    async with anyio.create_task_group() as tg:
+        w = Waiters(scheduler, tg)
+        await locked_four(w, scheduler, clock)
+        await w.add("e")
+        clock.advance(0.01)
+        w.release("a")  # e takes a's seat 10 ms after b was taken
+        await wait_all_tasks_blocked()
+        await w.add("f")
+        await w.add("g")
+        clock.advance(0.05)
+        w.release("b")
+        w.release("e")
+        await wait_all_tasks_blocked()
+        assert w.order[4] == "e" and sorted(w.order[5:]) == ["f", "g"]
+        tg.cancel_scope.cancel()
+
+
+async def test_no_seat_is_held_back_with_queue_control_off() -> None:
+    scheduler, clock = make(limit=4, target_wait=None)
+    teach_service_time(scheduler, clock, 0.04)
+    async with anyio.create_task_group() as tg:
+        w = Waiters(scheduler, tg)
+        await locked_four(w, scheduler, clock)
+        await w.add("e")
+        await w.add("f")
+        clock.advance(0.05)
+        w.release("a")
+        w.release("b")
+        await wait_all_tasks_blocked()
+        assert sorted(w.order[4:]) == ["e", "f"]
+        tg.cancel_scope.cancel()
+
+
+async def test_a_held_seat_goes_to_the_first_waiter_in_line_when_it_is_handed_on() -> None:
+    """A login that arrives while the seat is held gets it before the older normal waiter;
+    a waiter that left meanwhile takes nothing, and the seat ends up free, not lost."""
+    scheduler, clock = make(limit=4)
+    teach_service_time(scheduler, clock, 0.04)
+    async with anyio.create_task_group() as tg:
+        w = Waiters(scheduler, tg)
+        await locked_four(w, scheduler, clock)
+        await w.add("e")
+        await w.add("f")
+        clock.advance(0.05)
+        w.release("a")
+        w.release("b")
+        await wait_all_tasks_blocked()
+        await w.add("login", Priority.HIGH)
+        clock.advance(scheduler.discipline.mean_service)
+        await wait_all_tasks_blocked()
+        assert w.order[4:] == ["e", "login"]
+        gone = anyio.CancelScope()
+
+        async def leave_later() -> None:
+            with gone:
+                await scheduler.acquire(NORMAL)
+
+        tg.start_soon(leave_later)
+        await wait_all_tasks_blocked()
+        w.release("c")  # c and d come back locked (the queue has stood < 100 ms: FIFO),
+        w.release("d")  # f takes c's seat, d's is held
+        await wait_all_tasks_blocked()
+        assert w.order[6:] == ["f"]
+        assert (scheduler.stats().active, scheduler.stats().queued) == (3, 1)
+        gone.cancel()  # the one waiter left goes while the seat is held
+        await wait_all_tasks_blocked()
+        tg.cancel_scope.cancel()
+    clock.advance(scheduler.discipline.mean_service)
+    stats = scheduler.stats()
+    assert (stats.active, stats.queued) == (3, 0)
+    assert scheduler.try_acquire(NORMAL) is not None  # the held seat came back free
+    assert scheduler.try_acquire(NORMAL) is None
+
+
+async def test_a_lane_under_its_guarantee_is_never_held_back() -> None:
+    """Guaranteed seats freed in lockstep go straight to their lane's waiters: holding one
+    back would also block a shared seat that was never freed."""
+    clock = FakeClock()
+    only_critical = LanesSettings.model_validate({
+        "critical": {"share": 1.0, "lendable": 0.0}, "high": {"share": 0.0},
+        "normal": {"share": 0.0}, "low": {"share": 0.0},
+    })  # fmt: skip
+    scheduler = PriorityScheduler(
+        4, only_critical, target_wait=0.05, wait_timeout=10, clock=clock
+    )
+    assert scheduler.seats[Priority.CRITICAL].guaranteed == 4
+    async with anyio.create_task_group() as tg:
+        w = Waiters(scheduler, tg)
+        for _ in range(SAMPLE_EVERY):  # a service time for the critical lane
+            permit = scheduler.try_acquire(Priority.CRITICAL)
+            assert permit is not None
+            clock.advance(0.04)
+            permit.release()
+        await locked_four(w, scheduler, clock, Priority.CRITICAL)
+        await w.add("e", Priority.CRITICAL)
+        await w.add("f", Priority.CRITICAL)
+        clock.advance(0.05)
+        w.release("a")
+        w.release("b")
+        await wait_all_tasks_blocked()
+        assert sorted(w.order[4:]) == ["e", "f"]
+        tg.cancel_scope.cancel()
+
+
+async def test_a_limit_change_during_a_hold_keeps_the_held_seat_counted() -> None:
+    """Raised from 4 to 5 while a seat is held: one newcomer fits, not two (the held seat
+    is still taken), and after the hand-on exactly 5 seats are in use."""
+    clock = FakeClock()
+    no_critical = LanesSettings.model_validate({"critical": {"share": 0.0}})
+    scheduler = PriorityScheduler(4, no_critical, target_wait=0.05, wait_timeout=10, clock=clock)
+    teach_service_time(scheduler, clock, 0.04)
+    async with anyio.create_task_group() as tg:
+        w = Waiters(scheduler, tg)
+        await locked_four(w, scheduler, clock)
+        await w.add("e")
+        await w.add("f")
+        clock.advance(0.05)
+        w.release("a")
+        w.release("b")
+        await wait_all_tasks_blocked()
+        scheduler.set_limit(5)
+        assert [s.guaranteed for s in scheduler.seats] == [0, 0, 0, 0]
+        await wait_all_tasks_blocked()
+        assert w.order[4:] == ["e", "f"]  # the fifth seat went to f at once
+        assert scheduler.try_acquire(Priority.HIGH) is None  # the held one is still held
+        clock.advance(scheduler.discipline.mean_service)
+        newcomer = scheduler.try_acquire(Priority.HIGH)
+        assert newcomer is not None and scheduler.stats().active == 5
+        assert scheduler.try_acquire(Priority.HIGH) is None
+        tg.cancel_scope.cancel()
+
+
+class TimerlessClock(FakeClock):
+    """A clock with no timers: what ``MonotonicClock`` is off asyncio (see below). Its
+    deadline scopes, which waits on trio use, still work."""
+
+    def deadline_scope(self, deadline: float) -> anyio.CancelScope:
+        scope = anyio.CancelScope()
+        FakeClock.call_at(self, deadline, scope.cancel)
+        return scope
+
+    def call_at(self, deadline: float, callback: Callable[[], None]) -> Timer:
+        raise RuntimeError("no running event loop")
+
+
+def test_the_real_clock_has_no_timers_on_trio() -> None:
+    async def main() -> None:
+        with pytest.raises(RuntimeError):
+            MonotonicClock().call_at(0.0, lambda: None)
+
+    anyio.run(main, backend="trio")
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])  # waits on asyncio need its timers
+async def test_without_timers_a_locked_seat_is_handed_on_at_once() -> None:
+    clock = TimerlessClock()
+    scheduler = PriorityScheduler(4, target_wait=0.05, wait_timeout=10, clock=clock)
+    teach_service_time(scheduler, clock, 0.04)
+    async with anyio.create_task_group() as tg:
+        w = Waiters(scheduler, tg)
+        await locked_four(w, scheduler, clock)
+        await w.add("e")
+        await w.add("f")
+        clock.advance(0.05)
+        w.release("a")
+        w.release("b")
+        await wait_all_tasks_blocked()
+        assert sorted(w.order[4:]) == ["e", "f"]
+        tg.cancel_scope.cancel()
+
+
+def test_stagger_spaces_locked_seats_and_caps_the_delay() -> None:
+    """The pure rule: locked = freed and taken within LOCKSTEP of the seat freed before;
+    each locked seat goes mean/limit after the previous one, never more than mean/2 late."""
+    d = QueueDiscipline(4, 0.05, 10.0)
+    assert d.stagger(1.0, 0.9, 10) is None  # nothing has finished: no mean service yet
+    d.record_service(NORMAL, 0.1)
+    assert d.stagger(2.0, 1.9, 10) is None  # the first seat freed
+    assert d.stagger(2.0, 1.9, 10) == pytest.approx(2.01)
+    assert d.stagger(2.0005, 1.9005, 10) == pytest.approx(2.02)
+    assert d.stagger(2.0, 1.95, 10) is None  # taken 50 ms apart: not locked
+    assert d.stagger(2.01, 1.95, 10) is None  # freed 10 ms apart: not locked
+    for k in range(3, 7):
+        assert d.stagger(2.01, 1.95, 10) == pytest.approx(2.0 + 0.01 * k)
+    assert d.stagger(2.01, 1.95, 10) is None  # 2.07 would be 60 ms late: more than mean/2
+    off = QueueDiscipline(4, None, 10.0)
+    off.record_service(NORMAL, 0.1)
+    off.stagger(2.0, 1.9, 10)
+    assert off.stagger(2.0, 1.9, 10) is None
+
+
+ARRIVALS = st.lists(
+    st.tuples(
+        st.sampled_from(tuple(Priority)),
+        st.sampled_from((0.05, 0.05, 0.2)),  # exact hold times: seats lock
+        st.sampled_from((0.0, 0.0005, 0.0005, 0.005, 0.02)),  # gap before the arrival
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ARRIVALS, st.integers(2, 4))
+def test_held_seats_never_overbook_leak_or_idle_for_long(
+    arrivals: list[tuple[Priority, float, float]], limit: int
+) -> None:
+    """Random exact-time traffic with queue control on: after every event, seats in use plus
+    seats held back stay within the limit (I1, I3); a lane waits with a seat free only while a
+    seat is held back; every request is admitted or refused once; nothing is left at the end."""
+
+    async def main() -> None:
+        clock = FakeClock()
+        scheduler = PriorityScheduler(limit, target_wait=0.05, wait_timeout=1.0, clock=clock)
+        outcomes: list[str] = []
+
+        async def request(lane: Priority, hold: float) -> None:
+            try:
+                permit = await scheduler.acquire(lane)
+            except Rejected:
+                outcomes.append("refused")
+                return
+            with clock.deadline_scope(clock.now() + hold):
+                await anyio.sleep_forever()
+            permit.release()
+            outcomes.append("served")
+
+        def check() -> None:
+            stats, held = scheduler.stats(), scheduler._held_back
+            seats = scheduler.seats
+            occupied = sum(max(s.active, seat.guaranteed) for s, seat in zip(
+                stats.lanes, seats, strict=True))  # fmt: skip
+            assert stats.active + held <= limit and occupied + held <= limit, (stats, held)
+            if held:
+                event("a seat was held back")
+                return
+            for s, seat in zip(stats.lanes, seats, strict=True):
+                if s.queued:
+                    assert s.active >= seat.guaranteed, stats
+                    assert s.active >= seat.max or occupied >= limit, stats
+
+        async def step_to(moment: float) -> None:
+            while (due := clock.next_deadline) is not None and due <= moment:
+                clock.advance(due - clock.now())
+                await wait_all_tasks_blocked()
+                check()
+            if moment != math.inf:
+                clock.advance(max(0.0, moment - clock.now()))
+                await wait_all_tasks_blocked()
+
+        async with anyio.create_task_group() as tg:
+            for lane, hold, gap in arrivals:
+                await step_to(clock.now() + gap)
+                tg.start_soon(request, lane, hold)
+                await wait_all_tasks_blocked()
+                check()
+            await step_to(math.inf)
+        stats = scheduler.stats()
+        assert (stats.active, stats.queued, scheduler._held_back) == (0, 0, 0)
+        assert len(outcomes) == len(arrivals)
+        assert outcomes.count("refused") == stats.rejected
+
+    anyio.run(main, backend="trio")

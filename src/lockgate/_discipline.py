@@ -13,6 +13,17 @@
   average of sampled hold times across lanes. (A completion-rate meter was tried first: after
   an idle hour its first window says "one request a minute" and the first rejections of a
   spike would tell clients to come back in a minute.)
+* **Phase-locked seats.** Behind a service that takes the same time for every request, two
+  seats handed on in the same event-loop tick come back in the same tick, are handed on
+  together again, and stay locked for ever (the loop's clock ticks in milliseconds, so nothing
+  pulls them apart). Over a minute of overload most seats merge into a few bursts, one per
+  service time, and a high-priority arrival between bursts waits for the next one: up to a
+  whole service time although its lane comes first. (Measured: T2's login p99 at 1.9x the
+  unloaded latency, where spread-out releases give 1.3x.) So a seat freed within
+  ``LOCKSTEP`` of the one before it, by a permit taken within ``LOCKSTEP`` of that one's, is
+  handed on ``mean service / limit`` after the last seat so delayed (the gap between releases
+  spread evenly), never more than half a service time after it was freed. Each lock costs its
+  seat that delay once; seats whose hold times vary are never locked and never delayed.
 
 Pure arithmetic over numbers the scheduler hands in; no clock of its own, no I/O.
 """
@@ -27,6 +38,8 @@ __all__ = ["QueueDiscipline"]
 _SAMPLES = 31  # odd: the median is one element
 MIN_INTERVAL = 0.1
 RETRY_AFTER_MAX = 60
+LOCKSTEP = 0.001
+"""Seats freed, and taken, within this of each other are phase-locked (uvloop's clock tick)."""
 
 
 class _Median:
@@ -63,6 +76,8 @@ class QueueDiscipline:
         self._emptied_at = [0.0] * lanes
         self._empty = [True] * lanes
         self.mean_service = 0.0
+        self._last_freed = (-math.inf, -math.inf)  # (when, taken at) of the last seat freed
+        self._next_slot = -math.inf
 
     # -- service times and standing queues -------------------------------------------------
 
@@ -125,6 +140,26 @@ class QueueDiscipline:
             and self.mean_service > 0.0
             and now - since >= self.interval(lane)
         )
+
+    def stagger(self, now: float, since: float, seats: int) -> float | None:
+        """When to hand on a seat freed ``now`` by a permit taken at ``since``: ``None`` for at
+        once, or a later time when it is phase-locked with the seat freed before it (see the
+        module docstring). ``None`` too while queue control is off or nothing has finished."""
+        last_freed, last_since = self._last_freed
+        self._last_freed = (now, since)
+        mean = self.mean_service
+        if (
+            now - last_freed >= LOCKSTEP
+            or abs(since - last_since) >= LOCKSTEP
+            or self.target_wait is None
+            or mean <= 0.0
+        ):
+            return None
+        at = max(now, self._next_slot) + mean / seats
+        if at - now > 0.5 * mean:
+            return None
+        self._next_slot = at
+        return at
 
     # -- predictions ----------------------------------------------------------------------
 

@@ -12,7 +12,10 @@ What it guarantees, with ``u_i`` the seats lane ``i`` holds (``N``/``G``/``Max``
 * Direct hand-off: a released seat goes straight to the next waiter (lanes under their
   guarantee first, then strict priority; FIFO inside a lane, newest-first while the lane is
   overloaded). No count is bumped that a newcomer could steal.
-* Work conservation: at rest, a free seat and a waiter that could use it never coexist.
+* Work conservation: at rest, a free seat and a waiter that could use it never coexist --
+  except for a seat *held back*: with queue control on, a seat phase-locked with the one
+  freed just before it (see ``_discipline``) is handed on up to half a service time later,
+  and nobody else may take it meanwhile.
 * Lowest lanes shed first: a lane's waiters are shed for standing too long, and its arrivals
   refused because a higher lane is overloaded, only while every lower lane is down to its
   guaranteed seats.
@@ -126,7 +129,8 @@ class PriorityScheduler(LaneQueues[_Waiter]):
         self._used = [0, 0, 0, 0]
         self._queued_total = 0
         self._active = 0
-        self._occupied = 0  # sum over lanes of max(u_i, G_i): I3's left-hand side
+        self._occupied = 0  # sum over lanes of max(u_i, G_i), plus held seats: I3's left side
+        self._held_back = 0  # freed seats held back from everyone for a moment (``_hold``)
         adaptive = limit_algorithm is not None and not isinstance(limit_algorithm, FixedLimit)
         self._limiter = (
             sampler(limit_algorithm) if adaptive and limit_algorithm is not None else None
@@ -186,7 +190,9 @@ class PriorityScheduler(LaneQueues[_Waiter]):
         self._seats = lane_seats(limit, self._lane_settings)
         self._guaranteed = [s.guaranteed for s in self._seats]
         self._max = [s.max for s in self._seats]
-        self._occupied = sum(max(u, g) for u, g in zip(self._used, self._guaranteed, strict=True))
+        self._occupied = self._held_back + sum(
+            max(u, g) for u, g in zip(self._used, self._guaranteed, strict=True)
+        )
         threshold = self._reject_threshold_setting
         if threshold is None:
             threshold = limit + self._queue_capacity
@@ -316,12 +322,14 @@ class PriorityScheduler(LaneQueues[_Waiter]):
         lane = permit.lane
         u = self._used[lane] - 1
         self._used[lane] = u
-        if u >= self._guaranteed[lane]:
+        shared = u >= self._guaranteed[lane]  # a seat any lane may take, not a guaranteed one
+        if shared:
             self._occupied -= 1
         self._active -= 1
-        if permit.since is not None:
+        since = permit.since
+        if since is not None:
             now = self._clock.now()
-            rtt = now - permit.since
+            rtt = now - since
             if sample:
                 self.discipline.record_service(lane, rtt)
             if self._limiter is not None and (sample or dropped):
@@ -329,6 +337,27 @@ class PriorityScheduler(LaneQueues[_Waiter]):
                 if limit != self._limit:
                     self.set_limit(limit)
                     return  # set_limit dispatched
+            if shared and self._queued_total:
+                at = self.discipline.stagger(now, since, self._limit)
+                if at is not None and self._hold(at):
+                    return
+        if self._queued_total:
+            self._dispatch()
+
+    def _hold(self, until: float) -> bool:
+        """Keep a freed seat from everyone until ``until``, then hand it on; False (hand it on
+        now) where the clock has no timers to do that with (trio)."""
+        try:
+            self._clock.call_at(until, self._unhold)
+        except RuntimeError:  # no asyncio loop running
+            return False
+        self._held_back += 1
+        self._occupied += 1
+        return True
+
+    def _unhold(self) -> None:
+        self._held_back -= 1
+        self._occupied -= 1
         if self._queued_total:
             self._dispatch()
 
