@@ -289,6 +289,48 @@ async def test_lower_lane_is_refused_at_once_while_a_higher_lane_stands() -> Non
     assert scheduler.stats().lanes[Priority.LOW].rejected == {"QUEUE_FULL": 1, "QUEUE_TIMEOUT": 1}
 
 
+async def test_a_free_seat_is_not_taken_by_a_lower_lane_while_a_higher_queue_stands() -> None:
+    """NORMAL's queue stands but is empty for a moment (its last waiter left) and a seat is
+    free: a LOW arrival is refused (a 200 ms batch request would hold back NORMAL's shedding),
+    a NORMAL one takes the seat; once NORMAL's queue stayed empty an interval, LOW is
+    admitted again."""
+    scheduler, clock = make(limit=2)
+    teach_service_time(scheduler, clock, 0.02)
+    holders = [scheduler.try_acquire(NORMAL), scheduler.try_acquire(NORMAL)]
+    async with anyio.create_task_group() as tg:
+        w = Waiters(scheduler, tg)
+        await w.add("old")
+        clock.advance(0.11)  # NORMAL's queue has stood an interval: overloaded
+        leaving = anyio.CancelScope()
+
+        async def leave_later() -> None:
+            with leaving:
+                await scheduler.acquire(NORMAL)
+
+        tg.start_soon(leave_later)  # its arrival sheds "old"
+        await wait_all_tasks_blocked()
+        assert isinstance(w.outcome["old"], QueueTimeout)
+        leaving.cancel()  # the queue is empty, not by service: it still stands
+        await wait_all_tasks_blocked()
+        first = holders.pop()
+        assert first is not None
+        first.release()  # a seat is free, nobody waits
+        assert scheduler.try_acquire(Priority.LOW) is None
+        await w.add("low", Priority.LOW)
+        assert type(w.outcome["low"]).__name__ == "QueueFull"
+        normal = scheduler.try_acquire(NORMAL)
+        assert normal is not None
+        normal.release()
+        clock.advance(0.11)  # empty for an interval: no longer standing
+        late = scheduler.try_acquire(Priority.LOW)
+        assert late is not None and not scheduler.discipline.standing
+        late.release()
+        tg.cancel_scope.cancel()
+    for holder in holders:
+        assert holder is not None
+        holder.release()
+
+
 # -- found in review (third session) ------------------------------------------------------------
 
 

@@ -76,6 +76,9 @@ class QueueDiscipline:
         self._emptied_at = [0.0] * lanes
         self._empty = [True] * lanes
         self.mean_service = 0.0
+        self.standing = False
+        """Set whenever a lane is found overloaded; cleared by the scheduler once none is (a
+        cheap test for its fast path)."""
         self._last_freed = (-math.inf, -math.inf)  # (when, taken at) of the last seat freed
         self._next_slot = -math.inf
 
@@ -134,12 +137,15 @@ class QueueDiscipline:
             and now - self._emptied_at[lane] >= self.interval(lane)
         ):
             self._standing_since[lane] = since = None
-        return (
+        if (
             since is not None
             and self.target_wait is not None
             and self.mean_service > 0.0
             and now - since >= self.interval(lane)
-        )
+        ):
+            self.standing = True
+            return True
+        return False
 
     def stagger(self, now: float, since: float, seats: int) -> float | None:
         """When to hand on a seat freed ``now`` by a permit taken at ``since``: ``None`` for at

@@ -208,6 +208,8 @@ class PriorityScheduler(LaneQueues[_Waiter]):
         if u >= self._guaranteed[lane]:  # ``_take`` inlined: this is the hot path
             if u >= self._max[lane] or self._occupied >= self._limit:
                 return None
+            if lane and self.discipline.standing and self._below_standing(lane):
+                return None  # ``acquire`` refuses it: a higher lane's queue stands
             self._occupied += 1
         used[lane] = u + 1
         self._active += 1
@@ -291,6 +293,20 @@ class PriorityScheduler(LaneQueues[_Waiter]):
         self._queued[lane] += 1
         self._queued_total += 1
         return waiter
+
+    def _below_standing(self, lane: Priority) -> bool:
+        """May ``lane`` not take a free seat because a higher lane's queue stands? (Between
+        two arrivals of a shed lane its queue can be empty and a seat free for a moment: a
+        200 ms batch request must not take it.) Clears ``discipline.standing`` once no lane
+        stands."""
+        now = self._clock.now()
+        discipline = self.discipline
+        if not any(discipline.overloaded(each, now) for each in _LANES):
+            discipline.standing = False
+            return False
+        return not self._lower_surplus(lane) and any(
+            discipline.overloaded(high, now) and not self._capped(high) for high in _LANES[:lane]
+        )
 
     def _dequeued(self, lane: Priority, served: bool = False) -> None:
         """Count one live waiter of ``lane`` out of the queue (``served``: granted a seat)."""
