@@ -613,7 +613,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write raw results and tables here")
     parser.add_argument("--service-jitter", type=float, default=0.0, metavar="F",
                         help="vary each service time uniformly by up to +-F (0.1 = 10 %%; "
-                        "default 0: exact sleeps, which phase-lock on uvloop)")
+                        "default 0: exact sleeps, which put seats in lockstep)")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
                         help="the server's event loop (default uvloop, as in production)")
     args = parser.parse_args()

@@ -126,8 +126,9 @@ class SampleService:
         self, pool: int = 20, routes: tuple[Route, ...] = DEMO_ROUTES, jitter: float = 0.0
     ) -> None:
         """``jitter``: vary each service time uniformly by up to +- this fraction. Exact
-        sleeps phase-lock on uvloop (its clock ticks in whole milliseconds, so seats released
-        together restart together for ever); real queries vary."""
+        sleeps put seats in lockstep (seats released in one loop tick restart together for
+        ever; lockgate's scheduler pulls them apart, see ``_discipline``); real queries
+        vary."""
         self.pool = asyncio.Semaphore(pool)
         self.service_times = {(r.method, r.path): r.service_time for r in routes}
         self.jitter = jitter
