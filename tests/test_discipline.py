@@ -323,7 +323,7 @@ async def test_a_free_seat_is_not_taken_by_a_lower_lane_while_a_higher_queue_sta
         normal.release()
         clock.advance(0.11)  # empty for an interval: no longer standing
         late = scheduler.try_acquire(Priority.LOW)
-        assert late is not None and not scheduler.discipline.standing
+        assert late is not None and scheduler.discipline.standing_from == len(Priority)
         late.release()
         tg.cancel_scope.cancel()
     for holder in holders:
@@ -788,3 +788,222 @@ def test_held_seats_never_overbook_leak_or_idle_for_long(
         assert outcomes.count("refused") == stats.rejected
 
     anyio.run(main, backend="trio")
+
+
+# -- found in review (fourth session) -----------------------------------------------------------
+
+
+def test_evenly_spread_seats_at_a_high_rate_are_not_locked() -> None:
+    """40 seats of 20 ms release every 0.5 ms when spread evenly: neighbours freed and taken
+    0.5 ms apart are not in lockstep (a 1 ms window held every one of them, every round)."""
+    d = QueueDiscipline(4, 0.05, 10.0)
+    d.record_service(NORMAL, 0.02)
+    assert d.stagger(1.0, 0.98, 40) is None
+    assert d.stagger(1.0005, 0.9805, 40) is None
+    assert d.stagger(1.0005, 0.9805, 40) == pytest.approx(1.001)  # truly in step: held
+
+
+async def test_no_seat_is_held_back_for_a_waiter_that_could_not_take_it() -> None:
+    """The only waiter is LOW, at its Max: a locked seat is not held (for nobody) but free,
+    and a HIGH newcomer takes it at once."""
+    clock = FakeClock()
+    scheduler = PriorityScheduler(10, target_wait=0.05, wait_timeout=10, clock=clock)
+    assert scheduler.seats[Priority.LOW].max == 3
+    assert scheduler.seats[Priority.CRITICAL].guaranteed == 1  # 9 seats for the others
+    teach_service_time(scheduler, clock, 0.04)
+    lows = [scheduler.try_acquire(Priority.LOW) for _ in range(3)]
+    others = [scheduler.try_acquire(NORMAL) for _ in range(3)]
+    fill = [scheduler.try_acquire(Priority.HIGH) for _ in range(3)]
+    assert all(lows) and all(others) and all(fill)
+    async with anyio.create_task_group() as tg:
+        w = Waiters(scheduler, tg)
+        await w.add("low", Priority.LOW)  # at its Max: can take no seat
+        await w.add("a")
+        await w.add("b")
+        clock.advance(0.01)
+        for holder in fill[:2]:
+            assert holder is not None
+            holder.release()
+        await wait_all_tasks_blocked()
+        assert sorted(w.order) == ["a", "b"]
+        clock.advance(0.05)
+        w.release("a")
+        w.release("b")  # freed in lockstep with a's, but nobody could use it
+        assert scheduler._held_back == 0
+        first, second = scheduler.try_acquire(Priority.HIGH), scheduler.try_acquire(Priority.HIGH)
+        assert first is not None and second is not None
+        tg.cancel_scope.cancel()
+
+
+class StoppedLoopClock(FakeClock):
+    """A clock whose timers never fire: the event loop that held them has stopped."""
+
+    def call_at(self, deadline: float, callback: Callable[[], None]) -> Timer:
+        return _NoTimer()
+
+
+class _NoTimer:
+    def cancel(self) -> None:
+        pass
+
+
+def test_a_hold_whose_timer_never_fires_ends_at_the_next_arrival() -> None:
+    """A loop that stops with a seat held (its timer gone with it) loses no seat: once the
+    hold's time has passed, the next arrival finds it free."""
+
+    async def main() -> None:
+        clock = StoppedLoopClock()
+        scheduler = PriorityScheduler(4, target_wait=0.05, wait_timeout=10, clock=clock)
+        teach_service_time(scheduler, clock, 0.04)
+        holders = [scheduler.try_acquire(NORMAL) for _ in range(4)]
+        tasks = [asyncio.ensure_future(scheduler.acquire(NORMAL)) for _ in range(6)]
+        await asyncio.sleep(0)
+        clock.advance(0.05)
+        for holder in holders:
+            assert holder is not None
+            holder.release()
+        await asyncio.sleep(0)
+        granted = [t.result() for t in tasks[:4]]
+        clock.advance(0.04)  # the queue has stood < 100 ms: nobody is shed
+        granted[0].release()
+        granted[1].release()  # held back, on a timer that will never fire
+        assert scheduler._held_back == 1
+        for task in tasks[4:]:
+            task.cancel()
+        await asyncio.gather(*tasks[4:], return_exceptions=True)
+        for permit in granted[2:]:
+            permit.release()
+        clock.advance(scheduler.discipline.mean_service)  # the hold's time has passed
+        seats = [scheduler.try_acquire(Priority.CRITICAL) for _ in range(4)]
+        assert all(seats) and scheduler._held_back == 0
+
+    asyncio.run(main())
+
+
+class TickingClock(FakeClock):
+    """Moves ``tick`` on every read, as a real clock does between two statements."""
+
+    tick = 0.0
+
+    def now(self) -> float:
+        t = self._now
+        self._now += self.tick
+        return t
+
+
+async def test_a_standing_queue_that_ends_between_two_looks_leaves_no_free_seat_idle() -> None:
+    """try_acquire refuses LOW a microsecond before NORMAL's standing ends; acquire's second
+    look finds it over: LOW is not left queued beside a free seat (it takes it)."""
+    clock = TickingClock()
+    scheduler = PriorityScheduler(2, target_wait=0.05, wait_timeout=10, clock=clock)
+    teach_service_time(scheduler, clock, 0.02)  # interval 0.1 s
+    holders = [scheduler.try_acquire(NORMAL) for _ in range(2)]
+    async with anyio.create_task_group() as tg:
+        leaving = anyio.CancelScope()
+
+        async def leave_later() -> None:
+            with leaving:
+                await scheduler.acquire(NORMAL)
+
+        tg.start_soon(leave_later)
+        await wait_all_tasks_blocked()
+        clock.advance(0.15)
+        assert scheduler.discipline.overloaded(NORMAL, clock.now())
+        leaving.cancel()  # emptied by cancellation: stands one more interval
+        await wait_all_tasks_blocked()
+        emptied = clock.now()
+        free = holders.pop()
+        assert free is not None
+        free.release()
+        clock.advance(emptied + 0.1 - 0.5e-6 - clock.now())
+        clock.tick = 1e-6
+        w = Waiters(scheduler, tg)
+        await w.add("low", Priority.LOW)
+        clock.tick = 0.0
+        stats = scheduler.stats()
+        assert not (stats.queued and stats.active < stats.limit), stats
+        assert isinstance(w.outcome["low"], Permit)
+        tg.cancel_scope.cancel()
+    for holder in holders:
+        assert holder is not None
+        holder.release()
+
+
+async def test_the_fast_path_sees_a_standing_queue_nobody_asked_about() -> None:
+    """NORMAL's queue stood past its interval and its waiter timed out, with no event in
+    between: LOW is refused all the same (it was admitted unless something had first asked
+    whether NORMAL stood)."""
+    clock = FakeClock()
+    scheduler = PriorityScheduler(2, target_wait=0.05, wait_timeout=10, clock=clock)
+    teach_service_time(scheduler, clock, 0.02)
+    holders = [scheduler.try_acquire(NORMAL) for _ in range(2)]
+    async with anyio.create_task_group() as tg:
+        w = Waiters(scheduler, tg)
+
+        async def time_out() -> None:
+            with pytest.raises(QueueTimeout):
+                await scheduler.acquire(NORMAL, 0.15)  # at +0.15 s, with no event between
+
+        tg.start_soon(time_out)
+        await wait_all_tasks_blocked()
+        clock.advance(0.15)
+        await wait_all_tasks_blocked()
+        first = holders.pop()
+        assert first is not None
+        first.release()
+        assert scheduler.try_acquire(Priority.LOW) is None
+        await w.add("low", Priority.LOW)
+        assert type(w.outcome["low"]).__name__ == "QueueFull"
+        tg.cancel_scope.cancel()
+    for holder in holders:
+        assert holder is not None
+        holder.release()
+
+
+async def test_a_standing_lane_below_costs_the_fast_path_nothing() -> None:
+    """Only LOW stands (a backlog at its Max): HIGH's admissions do not look for standing
+    queues (a clock read and a pass over the lanes each)."""
+    clock = FakeClock()
+    scheduler = PriorityScheduler(40, target_wait=0.05, wait_timeout=10, clock=clock)
+    teach_service_time(scheduler, clock, 0.02)
+    lows = [scheduler.try_acquire(Priority.LOW) for _ in range(scheduler.seats[Priority.LOW].max)]
+    assert all(lows)
+    looks: list[Priority] = []
+    below = scheduler._below_standing
+
+    def counting(lane: Priority) -> bool:
+        looks.append(lane)
+        return below(lane)
+
+    scheduler._below_standing = counting  # type: ignore[method-assign]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(scheduler.acquire, Priority.LOW)
+        await wait_all_tasks_blocked()
+        clock.advance(0.2)
+        assert scheduler.discipline.overloaded(Priority.LOW, clock.now())
+        for _ in range(3):
+            permit = scheduler.try_acquire(Priority.HIGH)
+            assert permit is not None
+            permit.release()
+        assert looks == []
+        tg.cancel_scope.cancel()
+
+
+async def test_a_seat_passed_on_is_not_held_back() -> None:
+    """A release that is no service sample (a seat passed on by a cancelled waiter, a client
+    gone) is handed on at once even in lockstep."""
+    scheduler, clock = make(limit=4)
+    teach_service_time(scheduler, clock, 0.04)
+    async with anyio.create_task_group() as tg:
+        w = Waiters(scheduler, tg)
+        await locked_four(w, scheduler, clock)
+        await w.add("e")
+        await w.add("f")
+        clock.advance(0.05)
+        w.release("a")
+        permit = w.outcome["b"]
+        assert isinstance(permit, Permit)
+        permit.release(sample=False)
+        await wait_all_tasks_blocked()
+        assert sorted(w.order[4:]) == ["e", "f"]
+        tg.cancel_scope.cancel()

@@ -20,7 +20,8 @@
   service time, and a high-priority arrival between bursts waits for the next one: up to a
   whole service time although its lane comes first. (Measured: T2's login p99 at 1.9x the
   unloaded latency, where spread-out releases give 1.3x.) So a seat freed within
-  ``LOCKSTEP`` of the one before it, by a permit taken within ``LOCKSTEP`` of that one's, is
+  ``LOCKSTEP`` of the one before it, by a permit taken within ``LOCKSTEP`` of that one's (or
+  within half the gap below, if that is shorter: seats spread evenly are not locked), is
   handed on ``mean service / limit`` after the last seat so delayed (the gap between releases
   spread evenly), never more than half a service time after it was freed. Each lock costs its
   seat that delay once; seats whose hold times vary are never locked and never delayed.
@@ -76,9 +77,10 @@ class QueueDiscipline:
         self._emptied_at = [0.0] * lanes
         self._empty = [True] * lanes
         self.mean_service = 0.0
-        self.standing = False
-        """Set whenever a lane is found overloaded; cleared by the scheduler once none is (a
-        cheap test for its fast path)."""
+        self.standing_from = lanes
+        """The first lane whose queue may stand (``lanes``: none). Lowered whenever a queue
+        starts; recomputed by ``refresh_standing`` (a cheap test for the scheduler's fast
+        path: only lanes after it can be refused for a standing queue)."""
         self._last_freed = (-math.inf, -math.inf)  # (when, taken at) of the last seat freed
         self._next_slot = -math.inf
 
@@ -110,6 +112,8 @@ class QueueDiscipline:
         """``lane``'s queue went from empty to one waiter."""
         since = self._standing_since[lane]
         self._empty[lane] = False
+        if lane < self.standing_from:
+            self.standing_from = lane
         if since is None or now - self._emptied_at[lane] >= self.interval(lane):
             self._standing_since[lane] = now
 
@@ -143,9 +147,19 @@ class QueueDiscipline:
             and self.mean_service > 0.0
             and now - since >= self.interval(lane)
         ):
-            self.standing = True
             return True
         return False
+
+    def refresh_standing(self, now: float) -> int:
+        """Recompute ``standing_from`` (forgetting queues left empty for an interval)."""
+        first = len(self._standing_since)
+        for lane in range(first):
+            self.overloaded(lane, now)
+            if self._standing_since[lane] is not None:
+                first = lane
+                break
+        self.standing_from = first
+        return first
 
     def stagger(self, now: float, since: float, seats: int) -> float | None:
         """When to hand on a seat freed ``now`` by a permit taken at ``since``: ``None`` for at
@@ -154,14 +168,16 @@ class QueueDiscipline:
         last_freed, last_since = self._last_freed
         self._last_freed = (now, since)
         mean = self.mean_service
+        gap = mean / seats  # between releases, were they spread evenly
+        window = min(LOCKSTEP, 0.5 * gap)  # evenly spread seats are never "locked"
         if (
-            now - last_freed >= LOCKSTEP
-            or abs(since - last_since) >= LOCKSTEP
+            now - last_freed >= window
+            or abs(since - last_since) >= window
             or self.target_wait is None
             or mean <= 0.0
         ):
             return None
-        at = max(now, self._next_slot) + mean / seats
+        at = max(now, self._next_slot) + gap
         if at - now > 0.5 * mean:
             return None
         self._next_slot = at

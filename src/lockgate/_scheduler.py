@@ -21,7 +21,8 @@ What it guarantees, with ``u_i`` the seats lane ``i`` holds (``N``/``G``/``Max``
   guaranteed seats.
 
 Because of work conservation the arrival rule is short: admit when ``u_i < G_i``, or when a
-seat is free under I3 and ``u_i < Max_i``. (Every lane that waits while a seat is free is at
+seat is free under I3 and ``u_i < Max_i`` -- unless a higher lane's queue stands (DESIGN §4:
+lower arrivals are refused while it does). (Every lane that waits while a seat is free is at
 its ``Max``, so no waiter of an equal or higher lane is passed over.)
 
 Guaranteed seats are the hard part of a lane's share; the rest of the nominal share is soft:
@@ -36,6 +37,7 @@ lives on one event loop; every method but ``acquire`` is synchronous and never b
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Sequence
 
 import anyio
@@ -130,7 +132,7 @@ class PriorityScheduler(LaneQueues[_Waiter]):
         self._queued_total = 0
         self._active = 0
         self._occupied = 0  # sum over lanes of max(u_i, G_i), plus held seats: I3's left side
-        self._held_back = 0  # freed seats held back from everyone for a moment (``_hold``)
+        self._holds: deque[float] = deque()  # until when each held-back seat is held
         adaptive = limit_algorithm is not None and not isinstance(limit_algorithm, FixedLimit)
         self._limiter = (
             sampler(limit_algorithm) if adaptive and limit_algorithm is not None else None
@@ -190,7 +192,7 @@ class PriorityScheduler(LaneQueues[_Waiter]):
         self._seats = lane_seats(limit, self._lane_settings)
         self._guaranteed = [s.guaranteed for s in self._seats]
         self._max = [s.max for s in self._seats]
-        self._occupied = self._held_back + sum(
+        self._occupied = len(self._holds) + sum(
             max(u, g) for u, g in zip(self._used, self._guaranteed, strict=True)
         )
         threshold = self._reject_threshold_setting
@@ -206,9 +208,11 @@ class PriorityScheduler(LaneQueues[_Waiter]):
         used = self._used
         u = used[lane]
         if u >= self._guaranteed[lane]:  # ``_take`` inlined: this is the hot path
-            if u >= self._max[lane] or self._occupied >= self._limit:
+            if u >= self._max[lane]:
                 return None
-            if lane and self.discipline.standing and self._below_standing(lane):
+            if self._occupied >= self._limit and not (self._holds and self._expire_holds()):
+                return None
+            if lane > self.discipline.standing_from and self._below_standing(lane):
                 return None  # ``acquire`` refuses it: a higher lane's queue stands
             self._occupied += 1
         used[lane] = u + 1
@@ -249,6 +253,10 @@ class PriorityScheduler(LaneQueues[_Waiter]):
         if not wait > 0:  # no time to wait: it must not displace anyone either
             self._reject_arrival(lane, RejectReason.QUEUE_TIMEOUT)
         waiter = self._enqueue(lane)
+        if self._holds:
+            self._expire_holds()
+        if self._occupied < self._limit:  # a seat freed (or a standing queue ended) since
+            self._dispatch()  # the fast path looked: the best waiter, maybe this one, gets it
         deadline = waiter.enqueued + wait
         try:
             if isinstance(waiter.wake, asyncio.Future):
@@ -297,12 +305,10 @@ class PriorityScheduler(LaneQueues[_Waiter]):
     def _below_standing(self, lane: Priority) -> bool:
         """May ``lane`` not take a free seat because a higher lane's queue stands? (Between
         two arrivals of a shed lane its queue can be empty and a seat free for a moment: a
-        200 ms batch request must not take it.) Clears ``discipline.standing`` once no lane
-        stands."""
+        200 ms batch request must not take it.) Refreshes ``discipline.standing_from``."""
         now = self._clock.now()
         discipline = self.discipline
-        if not any(discipline.overloaded(each, now) for each in _LANES):
-            discipline.standing = False
+        if lane <= discipline.refresh_standing(now):
             return False
         return not self._lower_surplus(lane) and any(
             discipline.overloaded(high, now) and not self._capped(high) for high in _LANES[:lane]
@@ -335,6 +341,8 @@ class PriorityScheduler(LaneQueues[_Waiter]):
         return most < self._limit and self._used[lane] >= most
 
     def _release(self, permit: Permit, dropped: bool, sample: bool) -> None:
+        if self._holds:
+            self._expire_holds()
         lane = permit.lane
         u = self._used[lane] - 1
         self._used[lane] = u
@@ -353,29 +361,53 @@ class PriorityScheduler(LaneQueues[_Waiter]):
                 if limit != self._limit:
                     self.set_limit(limit)
                     return  # set_limit dispatched
-            if shared and self._queued_total:
+            if shared and sample and self._queued_total:
                 at = self.discipline.stagger(now, since, self._limit)
-                if at is not None and self._hold(at):
-                    return
+                if at is not None and self._next_lane() is not None and self._hold(at):
+                    return  # held for a waiter that could take it, not for nobody
         if self._queued_total:
             self._dispatch()
+
+    @property
+    def _held_back(self) -> int:
+        """Freed seats held back from everyone for a moment (``_hold``)."""
+        return len(self._holds)
 
     def _hold(self, until: float) -> bool:
         """Keep a freed seat from everyone until ``until``, then hand it on; False (hand it on
-        now) where the clock has no timers to do that with (trio)."""
+        now) where the clock has no timers to do that with (trio). The timer only makes the
+        hand-on prompt: a hold past its time also ends at the next release or refused
+        arrival, so a loop that stops with holds pending loses no seat."""
+        self._holds.append(until)
+        self._occupied += 1
         try:
             self._clock.call_at(until, self._unhold)
         except RuntimeError:  # no asyncio loop running
+            self._holds.pop()
+            self._occupied -= 1
             return False
-        self._held_back += 1
-        self._occupied += 1
         return True
 
     def _unhold(self) -> None:
-        self._held_back -= 1
-        self._occupied -= 1
+        """A hold's timer: end the earliest hold (its own, unless already ended)."""
+        if self._holds:
+            self._holds.popleft()
+            self._occupied -= 1
         if self._queued_total:
             self._dispatch()
+
+    def _expire_holds(self) -> bool:
+        """End the holds whose time has passed and hand their seats on; True if a seat is
+        free afterwards."""
+        holds, now = self._holds, self._clock.now()
+        ended = False
+        while holds and holds[0] <= now:
+            holds.popleft()
+            self._occupied -= 1
+            ended = True
+        if ended and self._queued_total:
+            self._dispatch()
+        return self._occupied < self._limit
 
     def _dispatch(self) -> None:
         """Hand free seats to waiters until no waiter can take one.
