@@ -239,6 +239,31 @@ async def test_app_exception_releases_the_seat_on_both_paths() -> None:
     assert (gate.stats().active, gate.stats().queued) == (0, 0)
 
 
+async def test_admissions_with_and_without_a_permit_all_give_their_seat_back() -> None:
+    """Three admissions in four take no ``Permit`` (the gate's hot path), the fourth is timed.
+    Over three rounds of four requests that fail, are cancelled or succeed, every seat comes
+    back, and the timed ones still teach the service time."""
+    clock = FakeClock()
+    app = HoldApp()
+    gate = gate_for(app, clock, max_concurrent=8)
+    for i in range(3):
+        async with anyio.create_task_group() as outer:
+            boom = await start(outer, gate, "/boom")
+            async with anyio.create_task_group() as tg:
+                await start(tg, gate, f"/hold-cancelled-{i}")
+                tg.cancel_scope.cancel()
+            fast = await start(outer, gate, "/ok")
+            held = await start(outer, gate, f"/hold-ok-{i}")  # the fourth: timed
+            assert gate.stats().active == 1
+            clock.advance(0.05)
+            app.open(f"/hold-ok-{i}")
+        assert isinstance(boom.error, RuntimeError)
+        assert held.status == 200 and fast.status == 200
+        assert (gate.stats().active, gate.stats().queued) == (0, 0)
+    assert gate.stats().admitted == 12
+    assert gate.scheduler.discipline.mean_service > 0.0  # type: ignore[attr-defined]
+
+
 async def test_disconnect_in_the_instant_of_the_grant_passes_the_seat_on() -> None:
     """The client leaves and its seat is granted in the same instant (the disconnect is seen
     first): the seat goes to the next waiter, the leaver gets nothing, nothing leaks."""

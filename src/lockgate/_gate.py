@@ -106,6 +106,11 @@ class Gate:
         # ``fixed`` follows later changes to its rules or default).
         self._plain = self.classifier if type(self.classifier) is RuleClassifier else None
         self._try_acquire = self.scheduler.try_acquire
+        scheduler = self.scheduler
+        self._take: Callable[[Priority], bool] | None = None
+        self._give: Callable[[Priority], None] = lambda lane: None
+        if isinstance(scheduler, PriorityScheduler) and not scheduler.adaptive:
+            self._take, self._give = scheduler._take_untimed, scheduler._give_untimed
         self._deadline_mode = self.settings.deadline_headers
         self._trusted = parse_networks(self.settings.trusted_proxies)
         self._adaptive = self.scheduler.adaptive
@@ -140,6 +145,13 @@ class Gate:
                 lane = Priority.NORMAL
         if self._has_policies:
             await self._with_policies(scope, receive, send, lane)
+            return
+        take = self._take  # in-process, not adaptive: most admissions need no permit
+        if take is not None and take(lane):
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self._give(lane)
             return
         # ``_admit`` inlined: the common case costs no extra coroutine frame.
         permit = self._try_acquire(lane)

@@ -224,6 +224,41 @@ class PriorityScheduler(LaneQueues[_Waiter]):
         self._countdown = self._sample_every
         return Permit(self, lane, 0.0, self._clock.now(), self._active)
 
+    def _take_untimed(self, lane: Priority) -> bool:
+        """Take a seat of ``lane`` without a ``Permit``: the gate's hot path (a permit costs an
+        object and two calls per request). True only when ``try_acquire`` would admit at
+        once *and* this admission is not one to time; the caller gives the seat back with
+        ``_give_untimed(lane)``, exactly once. False means: ask ``try_acquire``."""
+        if self._countdown <= 1:  # the next admission is timed: it needs a permit
+            return False
+        used = self._used
+        u = used[lane]
+        if u >= self._guaranteed[lane]:
+            if u >= self._max[lane] or self._occupied >= self._limit:
+                return False
+            if lane > self.discipline.standing_from:
+                return False  # try_acquire looks for standing queues
+            self._occupied += 1
+        used[lane] = u + 1
+        self._active += 1
+        self._admitted[lane] += 1
+        self._countdown -= 1
+        return True
+
+    def _give_untimed(self, lane: Priority) -> None:
+        """Give back a seat taken with ``_take_untimed`` (``_release`` of an untimed permit,
+        inlined)."""
+        used = self._used
+        u = used[lane] - 1
+        used[lane] = u
+        if u >= self._guaranteed[lane]:
+            self._occupied -= 1
+        self._active -= 1
+        if self._holds:
+            self._expire_holds()
+        if self._queued_total:
+            self._dispatch()
+
     async def acquire(
         self,
         lane: Priority,
