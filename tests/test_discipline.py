@@ -483,6 +483,28 @@ async def locked_four(
     assert sorted(w.order) == list("abcd")  # trio wakes tasks in no set order
 
 
+async def free_two_in_lockstep(
+    w: Waiters,
+    scheduler: PriorityScheduler,
+    clock: FakeClock,
+    lane: Priority = NORMAL,
+    sample: bool = True,
+) -> float:
+    """``locked_four``, then waiters "e" and "f"; 50 ms later "a" and "b" come back in the
+    same instant (b's release with ``sample``). Returns that instant."""
+    await locked_four(w, scheduler, clock, lane)
+    await w.add("e", lane)
+    await w.add("f", lane)
+    clock.advance(0.05)
+    freed_at = clock.now()
+    w.release("a")
+    permit = w.outcome["b"]
+    assert isinstance(permit, Permit)
+    permit.release(sample=sample)
+    await wait_all_tasks_blocked()
+    return freed_at
+
+
 async def test_phase_locked_seats_are_handed_on_spread_out() -> None:
     """Two seats taken and freed in the same instant: the second is held back one
     ``mean service / limit``; nobody else may take it meanwhile; the next round is not locked."""
@@ -490,14 +512,7 @@ async def test_phase_locked_seats_are_handed_on_spread_out() -> None:
     teach_service_time(scheduler, clock, 0.04)
     async with anyio.create_task_group() as tg:
         w = Waiters(scheduler, tg)
-        await locked_four(w, scheduler, clock)
-        await w.add("e")
-        await w.add("f")
-        clock.advance(0.05)
-        freed_at = clock.now()
-        w.release("a")
-        w.release("b")
-        await wait_all_tasks_blocked()
+        freed_at = await free_two_in_lockstep(w, scheduler, clock)
         assert w.order[4:] == ["e"]  # "f" waits: b's seat is held back
         assert scheduler.try_acquire(Priority.HIGH) is None  # and no newcomer takes it
         delta = scheduler.discipline.mean_service / 4
@@ -547,13 +562,7 @@ async def test_no_seat_is_held_back_with_queue_control_off() -> None:
     teach_service_time(scheduler, clock, 0.04)
     async with anyio.create_task_group() as tg:
         w = Waiters(scheduler, tg)
-        await locked_four(w, scheduler, clock)
-        await w.add("e")
-        await w.add("f")
-        clock.advance(0.05)
-        w.release("a")
-        w.release("b")
-        await wait_all_tasks_blocked()
+        await free_two_in_lockstep(w, scheduler, clock)
         assert sorted(w.order[4:]) == ["e", "f"]
         tg.cancel_scope.cancel()
 
@@ -565,13 +574,7 @@ async def test_a_held_seat_goes_to_the_first_waiter_in_line_when_it_is_handed_on
     teach_service_time(scheduler, clock, 0.04)
     async with anyio.create_task_group() as tg:
         w = Waiters(scheduler, tg)
-        await locked_four(w, scheduler, clock)
-        await w.add("e")
-        await w.add("f")
-        clock.advance(0.05)
-        w.release("a")
-        w.release("b")
-        await wait_all_tasks_blocked()
+        await free_two_in_lockstep(w, scheduler, clock)
         await w.add("login", Priority.HIGH)
         clock.advance(scheduler.discipline.mean_service)
         await wait_all_tasks_blocked()
@@ -618,13 +621,7 @@ async def test_a_lane_under_its_guarantee_is_never_held_back() -> None:
             assert permit is not None
             clock.advance(0.04)
             permit.release()
-        await locked_four(w, scheduler, clock, Priority.CRITICAL)
-        await w.add("e", Priority.CRITICAL)
-        await w.add("f", Priority.CRITICAL)
-        clock.advance(0.05)
-        w.release("a")
-        w.release("b")
-        await wait_all_tasks_blocked()
+        await free_two_in_lockstep(w, scheduler, clock, Priority.CRITICAL)
         assert sorted(w.order[4:]) == ["e", "f"]
         tg.cancel_scope.cancel()
 
@@ -638,13 +635,7 @@ async def test_a_limit_change_during_a_hold_keeps_the_held_seat_counted() -> Non
     teach_service_time(scheduler, clock, 0.04)
     async with anyio.create_task_group() as tg:
         w = Waiters(scheduler, tg)
-        await locked_four(w, scheduler, clock)
-        await w.add("e")
-        await w.add("f")
-        clock.advance(0.05)
-        w.release("a")
-        w.release("b")
-        await wait_all_tasks_blocked()
+        await free_two_in_lockstep(w, scheduler, clock)
         scheduler.set_limit(5)
         assert [s.guaranteed for s in scheduler.seats] == [0, 0, 0, 0]
         await wait_all_tasks_blocked()
@@ -685,13 +676,7 @@ async def test_without_timers_a_locked_seat_is_handed_on_at_once() -> None:
     teach_service_time(scheduler, clock, 0.04)
     async with anyio.create_task_group() as tg:
         w = Waiters(scheduler, tg)
-        await locked_four(w, scheduler, clock)
-        await w.add("e")
-        await w.add("f")
-        clock.advance(0.05)
-        w.release("a")
-        w.release("b")
-        await wait_all_tasks_blocked()
+        await free_two_in_lockstep(w, scheduler, clock)
         assert sorted(w.order[4:]) == ["e", "f"]
         tg.cancel_scope.cancel()
 
@@ -996,14 +981,6 @@ async def test_a_seat_passed_on_is_not_held_back() -> None:
     teach_service_time(scheduler, clock, 0.04)
     async with anyio.create_task_group() as tg:
         w = Waiters(scheduler, tg)
-        await locked_four(w, scheduler, clock)
-        await w.add("e")
-        await w.add("f")
-        clock.advance(0.05)
-        w.release("a")
-        permit = w.outcome["b"]
-        assert isinstance(permit, Permit)
-        permit.release(sample=False)
-        await wait_all_tasks_blocked()
+        await free_two_in_lockstep(w, scheduler, clock, sample=False)
         assert sorted(w.order[4:]) == ["e", "f"]
         tg.cancel_scope.cancel()

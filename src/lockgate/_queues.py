@@ -211,16 +211,23 @@ class LaneQueues(ABC, Generic[W]):
         get back by priority, so its waiters must not be shed yet)?"""
         return any(self._held(low) > self._guarantee(low) for low in _LANES[lane + 1 :])
 
+    def _standing_above(self, lane: Priority, now: float) -> bool:
+        """Does a higher lane's queue stand, so that ``lane`` may take no seat (and no lower
+        lane has seats to give back)? A higher lane at its Max takes no seat the other lanes
+        free, so it does not count."""
+        return (
+            bool(lane)
+            and not self._lower_surplus(lane)
+            and any(
+                self.discipline.overloaded(high, now) and not self._capped(high)
+                for high in _LANES[:lane]
+            )
+        )
+
     def _below_a_standing_queue(self, lane: Priority, now: float) -> bool:
-        """Must an arrival of ``lane`` be refused because a higher lane's queue stands (and no
-        lower lane has seats to give back)? If so, ``lane``'s waiters are answered too: they
-        would only wait to be shed."""
-        if not lane or self._lower_surplus(lane):
-            return False
-        if not any(  # a higher lane at its Max takes no seat the other lanes free
-            self.discipline.overloaded(high, now) and not self._capped(high)
-            for high in _LANES[:lane]
-        ):
+        """Must an arrival of ``lane`` be refused because a higher lane's queue stands? If so,
+        ``lane``'s waiters are answered too: they would only wait to be shed."""
+        if not self._standing_above(lane, now):
             return False
         self._shed_stale(lane, math.inf)
         return True

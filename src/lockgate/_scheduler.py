@@ -246,16 +246,15 @@ class PriorityScheduler(LaneQueues[_Waiter]):
         return True
 
     def _give_untimed(self, lane: Priority) -> None:
-        """Give back a seat taken with ``_take_untimed`` (``_release`` of an untimed permit,
-        inlined)."""
+        """Give back a seat taken with ``_take_untimed`` (or by an untimed permit)."""
+        if self._holds:  # ``_vacate`` inlined: this is the hot path
+            self._expire_holds()
         used = self._used
         u = used[lane] - 1
         used[lane] = u
+        self._active -= 1
         if u >= self._guaranteed[lane]:
             self._occupied -= 1
-        self._active -= 1
-        if self._holds:
-            self._expire_holds()
         if self._queued_total:
             self._dispatch()
 
@@ -342,12 +341,7 @@ class PriorityScheduler(LaneQueues[_Waiter]):
         two arrivals of a shed lane its queue can be empty and a seat free for a moment: a
         200 ms batch request must not take it.) Refreshes ``discipline.standing_from``."""
         now = self._clock.now()
-        discipline = self.discipline
-        if lane <= discipline.refresh_standing(now):
-            return False
-        return not self._lower_surplus(lane) and any(
-            discipline.overloaded(high, now) and not self._capped(high) for high in _LANES[:lane]
-        )
+        return lane > self.discipline.refresh_standing(now) and self._standing_above(lane, now)
 
     def _dequeued(self, lane: Priority, served: bool = False) -> None:
         """Count one live waiter of ``lane`` out of the queue (``served``: granted a seat)."""
@@ -375,31 +369,40 @@ class PriorityScheduler(LaneQueues[_Waiter]):
         most = self._max[lane]
         return most < self._limit and self._used[lane] >= most
 
-    def _release(self, permit: Permit, dropped: bool, sample: bool) -> None:
+    def _vacate(self, lane: Priority) -> bool:
+        """Count one seat of ``lane`` out (ending holds whose time has passed first); True if
+        it was a shared seat, not one of the lane's guaranteed ones."""
         if self._holds:
             self._expire_holds()
-        lane = permit.lane
-        u = self._used[lane] - 1
-        self._used[lane] = u
-        shared = u >= self._guaranteed[lane]  # a seat any lane may take, not a guaranteed one
-        if shared:
-            self._occupied -= 1
+        used = self._used
+        u = used[lane] - 1
+        used[lane] = u
         self._active -= 1
+        if u >= self._guaranteed[lane]:
+            self._occupied -= 1
+            return True
+        return False
+
+    def _release(self, permit: Permit, dropped: bool, sample: bool) -> None:
         since = permit.since
-        if since is not None:
-            now = self._clock.now()
-            rtt = now - since
-            if sample:
-                self.discipline.record_service(lane, rtt)
-            if self._limiter is not None and (sample or dropped):
-                limit = self._limiter(now, rtt, permit.inflight, dropped, lane)
-                if limit != self._limit:
-                    self.set_limit(limit)
-                    return  # set_limit dispatched
-            if shared and sample and self._queued_total:
-                at = self.discipline.stagger(now, since, self._limit)
-                if at is not None and self._next_lane() is not None and self._hold(at):
-                    return  # held for a waiter that could take it, not for nobody
+        if since is None:  # untimed: its hold time teaches nothing
+            self._give_untimed(permit.lane)
+            return
+        lane = permit.lane
+        shared = self._vacate(lane)
+        now = self._clock.now()
+        rtt = now - since
+        if sample:
+            self.discipline.record_service(lane, rtt)
+        if self._limiter is not None and (sample or dropped):
+            limit = self._limiter(now, rtt, permit.inflight, dropped, lane)
+            if limit != self._limit:
+                self.set_limit(limit)
+                return  # set_limit dispatched
+        if shared and sample and self._queued_total:
+            at = self.discipline.stagger(now, since, self._limit)
+            if at is not None and self._next_lane() is not None and self._hold(at):
+                return  # held for a waiter that could take it, not for nobody
         if self._queued_total:
             self._dispatch()
 
