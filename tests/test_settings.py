@@ -157,3 +157,81 @@ def test_lane_none_values_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("BACKPRESSURE_LANES__LOW__QUEUE_LIMIT", "")
     low = GateSettings().lanes.low
     assert (low.borrow_limit, low.queue_limit) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("/healthz", ("/healthz",)),
+        ("/healthz, /ready/", ("/healthz", "/ready/")),
+        ('["/healthz", "/metrics"]', ("/healthz", "/metrics")),
+        ("", ()),
+    ],
+)
+def test_lists_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, text: str, expected: tuple[str, ...]
+) -> None:
+    """A list setting reads as comma-separated text or as a JSON list."""
+    monkeypatch.setenv("BACKPRESSURE_BYPASS_PATHS", text)
+    monkeypatch.setenv("BACKPRESSURE_TRUSTED_PROXIES", "10.0.0.0/8,::1")
+    settings = GateSettings()
+    assert settings.bypass_paths == expected
+    assert settings.trusted_proxies == ("10.0.0.0/8", "::1")
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("BACKPRESSURE_BYPASS_PATHS", "[/healthz"),
+        ("BACKPRESSURE_TRUSTED_PROXIES", "10.0.0.0/8,not-a-network"),
+        ("BACKPRESSURE_LANES", "low=0.3"),
+        ("BACKPRESSURE_BYPASS_PATHS", "healthz"),
+    ],
+)
+def test_malformed_env_lists_raise_a_validation_error_naming_the_field(
+    monkeypatch: pytest.MonkeyPatch, name: str, text: str
+) -> None:
+    """Not pydantic-settings' SettingsError: the same ValidationError as any bad value."""
+    monkeypatch.setenv(name, text)
+    with pytest.raises(ValidationError) as info:
+        GateSettings()
+    field = name.removeprefix("BACKPRESSURE_").lower()
+    assert field in {str(err["loc"][0]) for err in info.value.errors()}
+
+
+def test_lanes_as_one_json_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``BACKPRESSURE_LANES`` takes a JSON object; lanes it leaves out keep their defaults."""
+    monkeypatch.setenv("BACKPRESSURE_LANES", '{"low": {"share": 0.3}}')
+    lanes = GateSettings().lanes
+    assert (lanes.low.share, lanes.low.borrow_limit, lanes.critical.lendable) == (0.3, 2.0, 0.0)
+
+
+def test_the_environment_resizes_a_preset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Precedence: overrides, then BACKPRESSURE_* variables, then the preset. A preset is
+    named defaults, so `lockgate plan --format env` resizes a preset without a code change
+    (and never half of it: the env's reject threshold with the preset's seats)."""
+    monkeypatch.setenv("BACKPRESSURE_MAX_CONCURRENT", "24")
+    monkeypatch.setenv("BACKPRESSURE_QUEUE_CAPACITY", "96")
+    monkeypatch.setenv("BACKPRESSURE_REJECT_THRESHOLD", "120")
+    s = GateSettings.preset("production")
+    assert (s.max_concurrent, s.queue_capacity, s.wait_timeout, s.reject_threshold) == (
+        24, 96, 3.0, 120
+    )
+    s = GateSettings.preset("production", max_concurrent=50)
+    assert (s.max_concurrent, s.queue_capacity) == (50, 96)
+
+
+def test_an_unknown_backpressure_variable_is_logged_with_the_likely_name(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A typo is not silently ignored; the variables that are settings raise no warning."""
+    monkeypatch.setenv("BACKPRESSURE_MAX_CONCURENT", "5")
+    monkeypatch.setenv("BACKPRESSURE_LANES__LOW__SHARE", "0.2")
+    monkeypatch.setenv("ENABLE_BACKPRESSURE", "true")
+    with caplog.at_level("WARNING", logger="lockgate"):
+        assert GateSettings().max_concurrent == 100
+    warned = [r.getMessage() for r in caplog.records if r.name == "lockgate"]
+    assert warned == [
+        "BACKPRESSURE_MAX_CONCURENT is not a lockgate setting and is ignored "
+        "(did you mean BACKPRESSURE_MAX_CONCURRENT?)"
+    ]

@@ -4,22 +4,32 @@ A deployment of the original capacity plan keeps its ``.env`` unchanged:
 ``BACKPRESSURE_MAX_CONCURRENT``, ``BACKPRESSURE_QUEUE_CAPACITY``, ``BACKPRESSURE_WAIT_TIMEOUT``,
 ``BACKPRESSURE_REJECT_THRESHOLD``, and ``ENABLE_BACKPRESSURE=false`` as a kill switch that
 turns the gate into a pass-through. Lanes nest with ``__``:
-``BACKPRESSURE_LANES__LOW__BORROW_LIMIT=1``. Invalid values raise ``pydantic.ValidationError``
-naming the field; nothing is clamped.
+``BACKPRESSURE_LANES__LOW__BORROW_LIMIT=1``; lists are comma-separated or JSON
+(``BACKPRESSURE_BYPASS_PATHS=/health,/metrics``). Invalid values raise
+``pydantic.ValidationError`` naming the field; nothing is clamped. A ``BACKPRESSURE_*``
+variable that names no setting (a typo) is logged as a warning, with the likely meant name.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
+import logging
+import os
 from importlib.metadata import entry_points
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 from ._lanes import Priority
 from ._trust import parse_networks
 
 __all__ = ["GateSettings", "LaneSettings", "LanesSettings"]
+
+logger = logging.getLogger("lockgate")
+
+ENV_PREFIX = "BACKPRESSURE_"
 
 PresetName = Literal["development", "staging", "production"]
 
@@ -106,7 +116,7 @@ class GateSettings(BaseSettings):
     """Everything the gate needs to know; read from ``BACKPRESSURE_*`` env vars too."""
 
     model_config = SettingsConfigDict(
-        env_prefix="BACKPRESSURE_",
+        env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
         extra="forbid",
         frozen=True,
@@ -128,7 +138,7 @@ class GateSettings(BaseSettings):
     reject_threshold: int | None = Field(default=None, ge=1)
     """Active + queued at which an arrival that must wait gets ``SYSTEM_OVERLOAD``.
     ``None``: ``max_concurrent + queue_capacity``."""
-    lanes: LanesSettings = LanesSettings()
+    lanes: Annotated[LanesSettings, NoDecode] = LanesSettings()
     target_wait: float | None = Field(default=0.05, gt=0, allow_inf_nan=False)
     """Standing-queue target, seconds; ``None`` turns queue management off."""
     deadline_headers: Literal["off", "trusted", "all"] = "off"
@@ -136,11 +146,11 @@ class GateSettings(BaseSettings):
     refuse at once with ``DEADLINE_UNREACHABLE`` when the predicted wait cannot meet it.
     ``"trusted"``: only from ``trusted_proxies``; ``"all"``: from anyone (``true``/``false``
     mean ``"all"``/``"off"``). Off by default: a deadline header is client input."""
-    trusted_proxies: tuple[str, ...] = ()
+    trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
     """Networks (``"10.0.0.0/8"``, ``"::1"``) whose requests' headers lockgate may trust."""
     limit: str = Field(default="fixed", min_length=1)
     """``"fixed"``, ``"aimd"``, ``"gradient2"`` or a ``lockgate.limits`` entry-point name."""
-    bypass_paths: tuple[str, ...] = ("/health", "/metrics")
+    bypass_paths: Annotated[tuple[str, ...], NoDecode] = ("/health", "/metrics")
     """Paths never queued nor rejected; each also covers its sub-paths (``/health/ready``)."""
     status_path: str | None = "/metrics/backpressure"
     """Where the gate serves its JSON status; ``None`` to disable."""
@@ -162,6 +172,23 @@ class GateSettings(BaseSettings):
         """``none``, ``null``, ``off`` or an empty string (how an env var says "unset")."""
         return _unset(value)
 
+    @field_validator("trusted_proxies", "bypass_paths", mode="before")
+    @classmethod
+    def _list_from_text(cls, value: Any) -> Any:
+        """A JSON list, or comma-separated text (how an env var lists things)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)  # a JSONDecodeError is a ValueError: names the field
+            return tuple(part.strip() for part in text.split(",") if part.strip())
+        return value
+
+    @field_validator("lanes", mode="before")
+    @classmethod
+    def _lanes_from_text(cls, value: Any) -> Any:
+        """``BACKPRESSURE_LANES`` as a JSON object (or set one value with ``__``)."""
+        return json.loads(value) if isinstance(value, str) else value
+
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -177,11 +204,16 @@ class GateSettings(BaseSettings):
             raise ValueError(f"unknown limit {name!r}; built in: {', '.join(BUILTIN_LIMITS)}")
         return name
 
-    @model_validator(mode="after")
-    def _check(self) -> Self:
-        for path in (*self.bypass_paths, *([self.status_path] if self.status_path else [])):
+    @field_validator("bypass_paths", "status_path")
+    @classmethod
+    def _absolute_paths(cls, value: Any) -> Any:
+        for path in value if isinstance(value, tuple) else (value,) if value else ():
             if not path.startswith("/"):
                 raise ValueError(f"paths must start with '/': {path!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
         if self.deadline_headers == "trusted" and not self.trusted_proxies:
             raise ValueError("deadline_headers='trusted' needs trusted_proxies")
         if self.reject_threshold is not None and self.reject_threshold < self.max_concurrent:
@@ -197,11 +229,13 @@ class GateSettings(BaseSettings):
 
     @classmethod
     def preset(cls, name: PresetName, **overrides: Any) -> GateSettings:
-        """The environments of the original capacity plan, with optional overrides.
+        """Named defaults for an environment, with optional overrides.
 
         ``development`` 20/100/10 s, ``staging`` 80/500/5 s, ``production`` 100/1000/3 s
         (seats / queue / wait); the reject threshold is the default, seats + queue (120, 580,
-        1100), so it follows overridden seats or queue.
+        1100), so it follows overridden seats or queue. Precedence, highest first:
+        ``overrides``, then ``BACKPRESSURE_*`` variables, then the preset, then the defaults
+        (a deployment's environment can resize a preset without a code change).
         """
         try:
             values = _PRESETS[name]
@@ -209,4 +243,31 @@ class GateSettings(BaseSettings):
             raise ValueError(
                 f"unknown preset {name!r}; choose one of {', '.join(_PRESETS)}"
             ) from None
-        return cls(**{**values, **overrides})
+        from_env = EnvSettingsSource(cls)()
+        kept = {field: value for field, value in values.items() if field not in from_env}
+        return cls(**{**kept, **overrides})
+
+    @model_validator(mode="after")
+    def _warn_unknown_env(self) -> Self:
+        """Log each ``BACKPRESSURE_*`` variable that names no setting: a typo would
+        otherwise be ignored without a word."""
+        known = _env_names(type(self))
+        for name in os.environ:
+            upper = name.upper()
+            if upper.startswith(ENV_PREFIX) and upper not in known:
+                close = difflib.get_close_matches(upper, known, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                logger.warning("%s is not a lockgate setting and is ignored%s", name, hint)
+        return self
+
+
+def _env_names(settings: type[BaseSettings]) -> set[str]:
+    """Every environment variable a ``GateSettings`` reads, upper-case."""
+    names = {"ENABLE_BACKPRESSURE", f"{ENV_PREFIX}ENABLED"}
+    for field in settings.model_fields:
+        names.add(f"{ENV_PREFIX}{field.upper()}")
+    for lane in LanesSettings.model_fields:
+        prefix = f"{ENV_PREFIX}LANES__{lane.upper()}"
+        names.add(prefix)
+        names.update(f"{prefix}__{key.upper()}" for key in LaneSettings.model_fields)
+    return names
