@@ -656,3 +656,19 @@ async def test_lifespan_starts_and_closes_a_backend_that_needs_it() -> None:
     ]
     sent = [m["type"] for m in ex.sent]
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+def test_a_backend_built_with_other_settings_is_an_error_not_a_second_configuration() -> None:
+    """``Gate(app, GateSettings(max_concurrent=80), backend=RedisBackend(url))`` used to run
+    the backend at its own default of 100 seats while the gate said 80. (Building a
+    ``RedisBackend`` does not connect: no server needed here.)"""
+    from lockgate.backends.redis import RedisBackend
+
+    eighty = GateSettings(max_concurrent=80)
+    with pytest.raises(ValueError, match=r"\(max_concurrent 100 != 80\): pass the same"):
+        Gate(ok_app, eighty, backend=RedisBackend("redis://127.0.0.1:1/0"))
+    backend = RedisBackend("redis://127.0.0.1:1/0", settings=eighty)
+    assert Gate(ok_app, backend=backend).settings is eighty  # the gate takes the backend's
+    # the gate's own fields (status, bypass, trust) may differ from the backend's
+    mine = GateSettings(max_concurrent=80, status_path=None, bypass_paths=())
+    assert Gate(ok_app, mine, backend=backend).settings is mine

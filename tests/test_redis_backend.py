@@ -34,6 +34,7 @@ from lockgate import (
 from lockgate._types import Receive, Scope, Send
 from lockgate.backends import Backend
 from lockgate.backends.redis import SYNC_SCRIPT, RedisBackend
+from lockgate.testing import ok_app
 from tests._redis import (
     KEY_PREFIX,
     OPEN_LANES,
@@ -856,6 +857,34 @@ async def test_the_local_fallback_counts_requests_in_flight_until_they_finish(
         release(new)
     finally:
         outage.end()
+
+
+async def test_the_status_endpoint_says_when_the_instance_runs_on_its_fallback(
+    inst: Instances,
+) -> None:
+    """The status keeps the global limit (C) and says which mode admits: without the mode,
+    an operator reading "healthy, limit 10" during an outage could not tell why requests
+    are refused at half that."""
+    backend = await inst.make(settings(10), expected_instances=2, heartbeat=0.1)
+    gate = Gate(ok_app, backend=backend)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=gate), base_url="http://t"
+    ) as client:
+        async def status() -> dict[str, Any]:
+            data = (await client.get("/metrics/backpressure")).json()["data"]
+            assert isinstance(data, dict)
+            return data
+
+        assert (await status())["backend_mode"] == "global"
+        held = await hold(backend, NORMAL, 2)  # leases for the heartbeat to renew
+        outage = Outage(backend)
+        try:
+            await await_for(lambda: backend.mode == "local", 2.0, "the fallback")
+            seen = await status()
+            assert (seen["backend_mode"], seen["limit"]) == ("local", 10)
+        finally:
+            outage.end()
+            release(held)
 
 
 async def test_recovery_renews_the_leases_of_requests_still_running(

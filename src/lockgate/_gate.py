@@ -59,6 +59,37 @@ stops reading and the wait is bounded by the timeout alone. Kept small: every wa
 hold this much (1,000 waiters x 64 KiB = 64 MiB; it was 1 MiB, 1 GiB in all)."""
 
 
+_BACKEND_FIELDS = (
+    "max_concurrent", "queue_capacity", "wait_timeout", "reject_threshold", "lanes",
+    "target_wait", "limit",
+)
+"""The settings a backend counts seats and queues by."""
+
+
+def _agreed_settings(settings: GateSettings | None, backend: Backend | None) -> GateSettings:
+    """The gate's settings: ``settings``, else the backend's, else ``GateSettings()``. A
+    backend built with other seats, queue or lanes than the gate's is an error, not a
+    silent second configuration (``RedisBackend(url)`` without ``settings=`` reads only
+    the defaults and the environment)."""
+    own = getattr(backend, "settings", None)
+    if not isinstance(own, GateSettings):
+        return settings if settings is not None else GateSettings()
+    if settings is None:
+        return own
+    differ = [
+        f"{name} {getattr(own, name)!r} != {getattr(settings, name)!r}"
+        for name in _BACKEND_FIELDS if getattr(own, name) != getattr(settings, name)
+    ]
+    if differ:
+        raise ValueError(
+            "the backend was built with other settings than the gate's ("
+            + "; ".join(differ) + "): pass the same GateSettings to both, e.g. "
+            "Gate(app, settings, backend=RedisBackend(url, settings=settings)), or leave "
+            "the gate's out"
+        )
+    return settings
+
+
 class Gate:
     """Admission control for an ASGI app: bounded seats, priority lanes, a bounded queue.
 
@@ -80,7 +111,7 @@ class Gate:
         clock: Clock | None = None,
     ) -> None:
         self.app: ASGIApp = app  # any ASGI 3 callable (framework-typed ones included)
-        self.settings = settings if settings is not None else GateSettings()
+        self.settings = _agreed_settings(settings, backend)
         self._clock: Clock = clock if clock is not None else MonotonicClock()
         if isinstance(classifier, str):
             classifier = load_classifier(classifier)
@@ -130,7 +161,8 @@ class Gate:
         path = scope["path"]
         if path.startswith(self._special):
             if path == self._status_path:
-                await send_json(send, 200, status_body(self.scheduler.stats()))
+                mode = getattr(self.scheduler, "mode", None)
+                await send_json(send, 200, status_body(self.scheduler.stats(), mode))
                 return
             if self._bypass(path):
                 await self.app(scope, receive, send)

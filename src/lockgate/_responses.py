@@ -49,6 +49,10 @@ async def send_rejection(send: Send, reason: RejectReason, retry_after: int) -> 
     await send_json(send, 503, body, [(b"retry-after", seconds), _NO_STORE])
 
 
-def status_body(stats: GateStats) -> bytes:
-    """The JSON of the status endpoint."""
-    return json.dumps(stats.as_status_json(), separators=(",", ":")).encode()
+def status_body(stats: GateStats, backend_mode: str | None = None) -> bytes:
+    """The JSON of the status endpoint; ``backend_mode`` (a backend's ``mode``, e.g. the
+    Redis backend's ``"local"`` fallback) is added to it when the backend has one."""
+    body = stats.as_status_json()
+    if backend_mode is not None:
+        body["data"]["backend_mode"] = backend_mode
+    return json.dumps(body, separators=(",", ":")).encode()
