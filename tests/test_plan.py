@@ -50,9 +50,17 @@ def test_original_plan_the_pool_binds() -> None:
         "BACKPRESSURE_WAIT_TIMEOUT": "0.02",
         "BACKPRESSURE_REJECT_THRESHOLD": "112",
     }
-    assert len(plan.warnings) == 1
+    assert len(plan.warnings) == 2
     assert "94% of the seats are busy" in plan.warnings[0]
     assert "grow the pool to 113" in plan.warnings[0]  # ceil(90 / 0.8) = 113
+    # critical holds 8 of the 80 seats idle (share 10 %, lendable 0): 72 / 0.05 s = 1,440
+    assert plan.warnings[1].startswith(
+        "with no critical traffic 72 seats serve only 1,440 rps, below the 1,500 rps target"
+    )
+    assert plan.working[-1] == (
+        "the default lanes hold 8 of the 80 seats for the critical lane; the other lanes "
+        "share 72: 72 / 0.05 s = 1,440 rps"
+    )
 
 
 def test_littles_law_binds_when_the_pool_has_room() -> None:
@@ -197,7 +205,7 @@ def test_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
     }  # fmt: skip
     assert data["derived"]["little_bound"] == 90
     assert data["env"]["BACKPRESSURE_REJECT_THRESHOLD"] == "112"
-    assert len(data["working"]) == 9
+    assert len(data["working"]) == 10
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ._lanes import Priority, lane_seats
+from ._settings import LanesSettings
+
 __all__ = ["POOL_SAFETY", "UTILIZATION_ALERT", "Plan", "make_plan", "parse_duration", "render"]
 
 POOL_SAFETY = 0.8
@@ -154,6 +157,14 @@ def make_plan(
         f"wait_timeout = {wait_timeout:g} s (the budget: a longer wait misses the SLA anyway)",
         f"reject_threshold = {seats} + {queue} = {reject} (max_concurrent + queue_capacity)",
     ]
+    held = lane_seats(seats, LanesSettings().ordered())[Priority.CRITICAL].guaranteed
+    other = (seats - held) / avg_latency
+    if held:
+        working.append(
+            f"the default lanes hold {held} of the {seats} seats for the critical lane; "
+            f"the other lanes share {seats - held}: {seats - held} / {avg_latency:g} s = "
+            f"{other:,.4g} rps"
+        )
     warnings = []
     if utilization > 1:
         instances = _ceil(target_rps / capacity)
@@ -167,6 +178,12 @@ def make_plan(
             f"at {target_rps:,g} rps {utilization:.0%} of the seats are busy, above the "
             f"{UTILIZATION_ALERT:.0%} HighUtilization alert: scale out, or grow the pool "
             f"to {pool_needed} for the {little_bound} seats Little's law asks for"
+        )
+    if held and other < target_rps <= capacity:
+        warnings.append(
+            f"with no critical traffic {seats - held} seats serve only {other:,.4g} rps, "
+            f"below the {target_rps:,g} rps target: route must-not-fail calls to the critical "
+            "lane, or lend its seats (BACKPRESSURE_LANES__CRITICAL__LENDABLE=1)"
         )
     if p95_latency < avg_latency:
         warnings.append("the p95 latency is below the average: check the two figures")
