@@ -2,7 +2,7 @@
 
 from fastapi import FastAPI
 
-from lockgate import Gate, GateSettings
+from lockgate import Gate
 
 api = FastAPI()
 
@@ -12,5 +12,5 @@ async def me() -> dict[str, str]:
     return {"user": "me"}
 
 
-app = Gate(api, GateSettings.preset("production"))
-# run with: uvicorn examples.fastapi_app:app
+app = Gate(api)  # sized by BACKPRESSURE_* variables, e.g. from `lockgate plan --format env`
+# run with: BACKPRESSURE_MAX_CONCURRENT=20 uvicorn examples.fastapi_app:app

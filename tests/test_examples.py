@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 
 import httpx
 import pytest
@@ -39,11 +40,13 @@ async def test_starlette_example() -> None:
     assert app.stats().limit == 20
 
 
-async def test_fastapi_example() -> None:
-    """The FastAPI snippet: production preset, the route answers through the gate."""
+async def test_fastapi_example(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The FastAPI snippet: sized by the environment, the route answers through the gate."""
+    monkeypatch.setenv("BACKPRESSURE_MAX_CONCURRENT", "20")
+    monkeypatch.delitem(sys.modules, "examples.fastapi_app", raising=False)
     module = importlib.import_module("examples.fastapi_app")
     assert (await get(module.app, "GET", "/api/v1/users/me")).json() == {"user": "me"}
-    assert module.app.stats().limit == 100 and module.app.stats().admitted == 1
+    assert module.app.stats().limit == 20 and module.app.stats().admitted == 1
 
 
 async def test_quart_example() -> None:

@@ -27,7 +27,12 @@ DEMO_EXTRAS = ("uvicorn", "httptools", "uvloop")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lockgate", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="lockgate",
+        description="lockgate: admission control for ASGI services. Commands: plan (the "
+        "settings for a service, from its pool, latency, target rate and SLA) and demo (a "
+        "sample service flooded unprotected, then gated).",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     demo = _add_demo_parser(commands)
     plan = _add_plan_parser(commands)
