@@ -35,8 +35,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from lockgate import Gate, GateSettings, Priority, Rule, RuleClassifier
-from lockgate._gate import MAX_BUFFERED_BODY
 from lockgate._types import ASGIApp
+from lockgate._watch import MAX_BUFFERED_BODY
 from lockgate.testing import FakeClock
 
 pytestmark = pytest.mark.anyio

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+from collections.abc import AsyncIterator
 
 import anyio
 import pytest
@@ -672,3 +674,118 @@ def test_a_backend_built_with_other_settings_is_an_error_not_a_second_configurat
     # the gate's own fields (status, bypass, trust) may differ from the backend's
     mine = GateSettings(max_concurrent=80, status_path=None, bypass_paths=())
     assert Gate(ok_app, mine, backend=backend).settings is mine
+
+
+async def test_a_queued_upload_admitted_mid_body_loses_nothing() -> None:
+    """Review finding: on admission the gate cancelled its watcher's ``receive()`` in flight.
+    httpx's ASGITransport (an async generator under the hood) then failed on asyncio
+    ("anext(): asynchronous generator is already running") and truncated the body on
+    trio. The read in flight is now handed over to the app's first ``receive()``."""
+    import httpx
+
+    release, admitted = anyio.Event(), anyio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        body = b""
+        if scope["path"] == "/hold":
+            await release.wait()
+        else:
+            admitted.set()
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"%d" % len(body)})
+
+    gate = Gate(app, GateSettings(max_concurrent=1, target_wait=None))
+
+    async def upload() -> AsyncIterator[bytes]:
+        yield b"x" * 1000
+        await wait_all_tasks_blocked()  # the watcher read the first chunk and is reading
+        assert gate.stats().queued == 1  # (running this generator) for the next one
+        release.set()
+        await admitted.wait()  # the seat went to the upload with that read in flight
+        for _ in range(9):
+            yield b"x" * 1000
+
+    transport = httpx.ASGITransport(app=gate)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(functools.partial(client.post, "/hold", content=b"y"))
+                await wait_all_tasks_blocked()
+                assert gate.stats().active == 1
+                response = await client.post("/upload", content=upload())
+    assert (response.status_code, response.text) == (200, "10000")
+    assert (gate.stats().active, gate.stats().queued) == (0, 0)
+
+
+async def test_a_message_the_server_hands_over_in_the_admitting_tick_reaches_the_app(
+    anyio_backend: str,
+) -> None:
+    """Review finding: a server whose ``receive()`` hands each message over through a
+    future (a legitimate ASGI server) lost the chunk that arrived in the same loop tick as
+    the seat: the watcher's read was cancelled after the server had completed it."""
+    if anyio_backend != "asyncio":
+        pytest.skip("futures of an asyncio loop")
+    import asyncio
+
+    class FutureServer:
+        def __init__(self) -> None:
+            self.pending: list[Message] = []
+            self.waiter: asyncio.Future[Message] | None = None
+
+        def deliver(self, message: Message) -> None:
+            if self.waiter is not None and not self.waiter.done():
+                waiter, self.waiter = self.waiter, None
+                waiter.set_result(message)  # handed over: the server forgets it
+            else:
+                self.pending.append(message)
+
+        async def receive(self) -> Message:
+            if self.pending:
+                return self.pending.pop(0)
+            self.waiter = asyncio.get_running_loop().create_future()
+            return await self.waiter
+
+    release, got = anyio.Event(), list[bytes]()
+    upload = FutureServer()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/hold":
+            await release.wait()
+            # chunk2 reaches the server in the tick in which this seat goes to the upload
+            asyncio.get_running_loop().call_soon(
+                upload.deliver, {"type": "http.request", "body": b"2", "more_body": True}
+            )
+        else:
+            while True:
+                message = await receive()
+                got.append(message["body"])
+                if not message["more_body"]:
+                    break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def drop(message: Message) -> None:
+        pass
+
+    gate = Gate(app, GateSettings(max_concurrent=1, target_wait=None))
+    hold = FutureServer()
+    hold.deliver({"type": "http.request", "body": b"", "more_body": False})
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(gate, make_scope(path="/hold"), hold.receive, drop)
+            await wait_all_tasks_blocked()
+            tg.start_soon(gate, make_scope(path="/up", method="POST"), upload.receive, drop)
+            await wait_all_tasks_blocked()
+            upload.deliver({"type": "http.request", "body": b"1", "more_body": True})
+            await wait_all_tasks_blocked()
+            assert gate.stats().queued == 1 and upload.waiter is not None
+            release.set()
+            await wait_all_tasks_blocked()
+            upload.deliver({"type": "http.request", "body": b"3", "more_body": False})
+    assert got == [b"1", b"2", b"3"]
+    assert (gate.stats().active, gate.stats().queued) == (0, 0)

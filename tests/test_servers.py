@@ -27,8 +27,8 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 
 from lockgate import Gate, GateSettings, GateStats, Priority
-from lockgate._gate import MAX_BUFFERED_BODY
 from lockgate._types import Message, Receive, Scope, Send
+from lockgate._watch import MAX_BUFFERED_BODY
 from tests._servers import HOST, SERVER_KINDS, ServerKind, ServerThread, await_until
 
 pytestmark = pytest.mark.server

@@ -13,7 +13,6 @@ import logging
 import math
 import re
 from asyncio.events import _get_running_loop
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +29,7 @@ from ._settings import GateSettings
 from ._stats import GateStats
 from ._trust import is_trusted_client, parse_networks
 from ._types import ASGIApp, Message, Receive, Scope, Send
+from ._watch import Watcher
 from .backends import Backend
 from .degrade import (
     Answer,
@@ -53,10 +53,6 @@ QUEUE_WAIT_HEADER_AFTER = 0.1
 """Admitted requests that waited longer than this many seconds get ``X-Queue-Wait-Time``."""
 POLICY_STATS_EVERY = 0.01
 """Seconds a ``GateStats`` snapshot is reused for the degradation policies."""
-MAX_BUFFERED_BODY = 64 << 10
-"""Body bytes read ahead while a request waits (to notice a disconnect); past it, the gate
-stops reading and the wait is bounded by the timeout alone. Kept small: every waiter may
-hold this much (1,000 waiters x 64 KiB = 64 MiB; it was 1 MiB, 1 GiB in all)."""
 
 
 _BACKEND_FIELDS = (
@@ -302,66 +298,44 @@ class Gate:
     async def _queued(
         self, app: ASGIApp, scope: Scope, receive: Receive, send: Send, lane: Priority
     ) -> None:
-        """The slow path: wait for a seat while watching for the client to disconnect."""
-        buffered: deque[Message] = deque()
+        """The slow path: wait for a seat while a ``Watcher`` looks for the client leaving."""
         permit: Permit | None = None
         rejected: Rejected | None = None
-        disconnected = False
-
-        async def watch(stop: Callable[[], object]) -> None:
-            nonlocal disconnected
-            if _expects_continue(scope):  # reading would make the server send 100 Continue
-                return  # and the client upload a body that may only meet a 503
-            size = 0
-            try:
-                while size <= MAX_BUFFERED_BODY:
-                    message = await receive()
-                    buffered.append(message)
-                    if message["type"] == "http.disconnect":
-                        disconnected = True
-                        stop()
-                        return
-                    size += len(message.get("body", b""))
-            except Exception:  # the app will meet the same error on its own receive()
-                return
-
         budget = self._budget(scope) if self._deadline_mode != "off" else None
+        task = asyncio.current_task() if _get_running_loop() is not None else None
+        watcher = Watcher(receive)
         try:
-            task = asyncio.current_task() if _get_running_loop() is not None else None
             if task is not None:
                 # asyncio: a plain task watches, and cancels this one on a disconnect (an
                 # anyio task group costs several times more, on every queued request).
-                watcher = asyncio.ensure_future(watch(task.cancel))
+                watcher.start(scope, task.cancel)
                 try:
                     permit = await self.scheduler.acquire(lane, budget=budget)
                 except Rejected as exc:
                     rejected = exc
                 except asyncio.CancelledError:
                     # Ours (the client left) unless someone else cancelled this task too.
-                    if not disconnected or task.uncancel():
+                    if not watcher.disconnected or task.uncancel():
                         raise
-                finally:
-                    watcher.cancel()
             else:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(watch, tg.cancel_scope.cancel)
+                with anyio.CancelScope() as waiting:
+                    watcher.start(scope, waiting.cancel)
                     try:
                         permit = await self.scheduler.acquire(lane, budget=budget)
                     except Rejected as exc:
                         rejected = exc
-                    tg.cancel_scope.cancel()
-            # Past this point a cancellation may still arrive (even at the task group's
-            # exit, above): the seat is released in the ``finally`` whatever happens.
+            # Past this point a cancellation may still arrive: the seat is released and the
+            # watcher stopped in the ``finally`` whatever happens.
             if rejected is not None:
-                if not disconnected:
+                watcher.close()
+                if not watcher.disconnected:
                     retry = self.scheduler.retry_after(lane)
                     await send_rejection(send, rejected.reason, retry)
                 return
-            if permit is None or disconnected:  # the client left: it takes no seat
+            if permit is None or watcher.disconnected:  # the client left: it takes no seat
                 return
             self.metrics.record_wait(lane, permit.waited)  # queued admissions only (otel.py)
-            if buffered:
-                receive = _replay(buffered, receive)
+            receive = watcher.hand_over()
             if permit.waited > QUEUE_WAIT_HEADER_AFTER:
                 send = _with_wait_header(send, permit.waited)
             if self._adaptive:
@@ -369,6 +343,7 @@ class Gate:
             else:
                 await app(scope, receive, send)
         finally:
+            watcher.close()
             if permit is not None:
                 permit.release()
 
@@ -452,25 +427,6 @@ def _path_matcher(paths: Iterable[str]) -> Any:
         return lambda path: True
     alternatives = "|".join(re.escape(p) for p in sorted(paths, key=len, reverse=True))
     return re.compile(f"(?:{alternatives})(?:/|$)").match
-
-
-def _expects_continue(scope: Scope) -> bool:
-    """Does the request wait for ``100 Continue`` before sending its body?"""
-    return any(
-        name == b"expect" and value.lower() == b"100-continue"
-        for name, value in scope.get("headers", ())
-    )
-
-
-def _replay(buffered: deque[Message], receive: Receive) -> Receive:
-    """``receive`` that first hands out the messages read while the request waited."""
-
-    async def replay() -> Message:
-        if buffered:
-            return buffered.popleft()
-        return await receive()
-
-    return replay
 
 
 def _with_wait_header(send: Send, waited: float) -> Send:
