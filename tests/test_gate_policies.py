@@ -114,6 +114,33 @@ async def test_cache_only_serves_hits_but_never_across_credentials() -> None:
     assert app.calls.count("/data") == 1
 
 
+async def test_cache_only_serves_routes_under_a_starlette_mount() -> None:
+    """Review finding: Starlette's router rewrites ``scope["root_path"]`` in place, so the
+    key built in ``after`` differed from the one ``before`` looked up: routes under a
+    ``Mount`` were stored and never served."""
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+
+    calls = 0
+
+    async def items(request: Request) -> PlainTextResponse:
+        nonlocal calls
+        calls += 1
+        return PlainTextResponse(f"items #{calls}")
+
+    inner = Starlette(routes=[Mount("/api", routes=[Route("/items", items)])])
+    cache = CacheOnlyPolicy(threshold=0.0)  # serve from the cache at any load
+    gate = Gate(inner, GateSettings(max_concurrent=4), policies=[cache])
+    transport = httpx.ASGITransport(app=gate)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        first, second = await client.get("/api/items"), await client.get("/api/items")
+    assert (first.text, second.text) == ("items #1", "items #1")
+    assert second.headers["x-lockgate-cache"] == "hit" and calls == 1
+
+
 async def test_default_thresholds_are_reachable_beside_critical_idle_seats() -> None:
     """Critical's guaranteed seats stay idle by default (2 of 25 here): with every other seat
     busy the gate is full, so the default thresholds (read-only 0.9, cache-only 0.95) must
@@ -164,10 +191,144 @@ async def test_a_policy_retry_after_is_held_to_an_integer_of_at_least_one() -> N
         def after(self, request: object, response: object, now: float) -> None:
             return None
 
-    for offered, sent in ((-5, "1"), (0.2, "1"), (2.5, "3"), (7, "7")):
+    for offered, sent in ((-5, "1"), (0.2, "1"), (2.5, "3"), (7, "7"), (1e12, "3600")):
         gate = Gate(App(), GateSettings(max_concurrent=4), policies=[Refuse(offered)])
         refused = await request(gate, "/x", "POST")
         assert refused.status == 503 and refused.headers["retry-after"] == sent
+
+
+async def test_a_policy_retry_after_of_any_type_never_breaks_the_answer() -> None:
+    """Review finding: ``10**400`` raised OverflowError and ``"5"`` TypeError out of the
+    gate (a 500). Nonsense now falls back to the scheduler's estimate; text that is a
+    number is taken."""
+    from lockgate import RejectReason
+    from lockgate.degrade import Answer
+
+    class Refuse:
+        wants_body = False
+
+        def __init__(self, retry_after: object) -> None:
+            self.retry_after = retry_after
+
+        def before(self, request: object, stats: object, now: float) -> Answer:
+            return Answer(reason=RejectReason.READ_ONLY, retry_after=self.retry_after)  # type: ignore[arg-type]
+
+        def after(self, request: object, response: object, now: float) -> None:
+            return None
+
+    for offered in (10**400, "soon", None, float("nan"), [3], "5"):
+        gate = Gate(App(), GateSettings(max_concurrent=4), policies=[Refuse(offered)])
+        refused = await request(gate, "/x", "POST")
+        assert refused.error is None and refused.status == 503
+        given = int(refused.headers["retry-after"])
+        assert given == 5 if offered == "5" else 1 <= given <= 60
+
+
+class Gone(OSError):
+    """What a server's ``send`` raises once the client has left (ASGI spec)."""
+
+
+async def test_the_gates_own_rejections_to_a_client_that_left_are_not_app_failures() -> None:
+    """Review finding: a QUEUE_FULL answer whose ``send`` raised (the client had gone) was
+    counted by the breaker as a failure of the app, which never ran; five opened it."""
+    app, clock = App(), FakeClock()
+    breaker = CircuitBreakerPolicy(failure_threshold=5, recovery_timeout=30)
+    gate = Gate(app, GateSettings(max_concurrent=1, queue_capacity=0, target_wait=None),
+                policies=[breaker], clock=clock)
+
+    async def gone(message: object) -> None:
+        raise Gone("the client left")
+
+    async with anyio.create_task_group() as tg:
+        holder = Exchange(gate, path="/hold")
+        holder.push_body()
+        tg.start_soon(holder.run)
+        await wait_all_tasks_blocked()
+        for _ in range(5):
+            refused = Exchange(gate, path="/x")
+            refused.push_body()
+            refused.send = gone  # type: ignore[method-assign]
+            await refused.run()
+            assert isinstance(refused.error, Gone)
+        app.opened.set()
+    assert breaker.state(clock.now()) == "closed" and breaker.failures == 0
+    assert (await request(gate, "/ok")).status == 200
+
+
+async def test_a_client_that_leaves_mid_response_is_not_an_app_failure() -> None:
+    """The app's send raising OSError (the client left) is the client's doing."""
+    clock = FakeClock()
+    breaker = CircuitBreakerPolicy(failure_threshold=2, recovery_timeout=30)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"x"})
+
+    gate = Gate(app, GateSettings(max_concurrent=4), policies=[breaker], clock=clock)
+
+    async def gone(message: object) -> None:
+        raise Gone("the client left")
+
+    for _ in range(3):
+        ex = Exchange(gate, path="/x")
+        ex.push_body()
+        ex.send = gone  # type: ignore[method-assign]
+        await ex.run()
+        assert isinstance(ex.error, Gone)
+    assert breaker.state(clock.now()) == "closed"
+
+
+async def test_an_app_that_returns_without_answering_is_a_failure() -> None:
+    """Review finding: the server answers such a request 500, but the breaker saw "never
+    ran" and stayed closed for ever. A client that left first is not the app's failure."""
+    clock = FakeClock()
+    breaker = CircuitBreakerPolicy(failure_threshold=3, recovery_timeout=30)
+
+    async def silent(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+
+    gate = Gate(silent, GateSettings(max_concurrent=4), policies=[breaker], clock=clock)
+    for _ in range(3):
+        ex = Exchange(gate, path="/x")
+        ex.disconnect()  # the app read that its client left, and gave up: no verdict
+        await ex.run()
+    assert breaker.state(clock.now()) == "closed"
+    for _ in range(3):
+        await request(gate, "/x")
+    assert breaker.state(clock.now()) == "open"
+
+
+async def test_a_healthy_streaming_probe_closes_the_circuit_when_it_starts() -> None:
+    """Review finding: the verdict came only at the end of the probe's body, so a 200 that
+    streamed for longer than ``probe_timeout`` counted as unanswered and reopened the
+    circuit. The status decides now, as it starts."""
+    clock = FakeClock()
+    breaker = CircuitBreakerPolicy(failure_threshold=1, recovery_timeout=30, probe_timeout=5)
+    streaming, finish = anyio.Event(), anyio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        status = 500 if scope["path"] == "/fail" else 200
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        if scope["path"] == "/stream":
+            streaming.set()
+            await finish.wait()
+        await send({"type": "http.response.body", "body": b"x"})
+
+    gate = Gate(app, GateSettings(max_concurrent=4), policies=[breaker], clock=clock)
+    await request(gate, "/fail")
+    assert breaker.state(clock.now()) == "open"
+    clock.advance(30)
+    async with anyio.create_task_group() as tg:
+        probe = Exchange(gate, path="/stream")
+        probe.push_body()
+        tg.start_soon(probe.run)
+        await streaming.wait()
+        assert breaker.state(clock.now()) == "closed"
+        clock.advance(60)  # far past probe_timeout, the body still streaming
+        assert breaker.state(clock.now()) == "closed"
+        assert (await request(gate, "/ok")).status == 200
+        finish.set()
+    assert probe.status == 200 and breaker.state(clock.now()) == "closed"
 
 
 async def test_circuit_breaker_opens_and_recovers_through_a_probe() -> None:

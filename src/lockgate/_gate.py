@@ -51,6 +51,9 @@ logger = logging.getLogger("lockgate")
 
 QUEUE_WAIT_HEADER_AFTER = 0.1
 """Admitted requests that waited longer than this many seconds get ``X-Queue-Wait-Time``."""
+POLICY_RETRY_AFTER_MAX = 3600
+"""A policy's ``Retry-After`` is capped at an hour (a breaker's recovery time may well be
+longer than the scheduler's own cap of 60 s; 10**12 seconds is nonsense)."""
 POLICY_STATS_EVERY = 0.01
 """Seconds a ``GateStats`` snapshot is reused for the degradation policies."""
 
@@ -213,7 +216,10 @@ class Gate:
     ) -> None:
         """Ask the degradation policies first; tell them how the app's response ended."""
         policies = self.policies
-        request = RequestInfo(scope, scope.get("method", "GET"), scope["path"], lane,
+        # A copy: the app may rewrite the scope as it routes (Starlette's Mount and
+        # FastAPI's root_path change "root_path" in place), and a policy must see in
+        # ``after`` the request it saw in ``before`` (a cache keys on both).
+        request = RequestInfo(dict(scope), scope.get("method", "GET"), scope["path"], lane,
                               scope.get("headers", ()))
         now = self._clock.now()
         answer, passed = policies.before(request, self._policy_stats(now), now)
@@ -225,13 +231,16 @@ class Gate:
             return
         status, headers, error = 0, [], False
         chunks: list[bytes] | None = [] if policies.wants_body else None
-        room, complete = policies.capture_limit, False
+        room, complete, gone = policies.capture_limit, False, False
 
         async def observed(scope: Scope, receive: Receive, app_send: Send) -> None:
+            # Only the app's own failures are errors: not the gate's rejections, nor a
+            # client that left (a send that raises OSError, or an http.disconnect read).
             async def capture(message: Message) -> None:
-                nonlocal status, headers, chunks, room, complete
+                nonlocal status, headers, chunks, room, complete, gone
                 if message["type"] == "http.response.start":
                     status, headers = message["status"], message.get("headers", [])
+                    policies.started(request, passed, status, self._clock.now())
                 elif message["type"] == "http.response.body":
                     complete = not message.get("more_body", False)
                     body = message.get("body", b"")
@@ -240,15 +249,29 @@ class Gate:
                         chunks.append(body)
                     else:
                         chunks = None
-                await app_send(message)
+                try:
+                    await app_send(message)
+                except OSError:
+                    gone = True
+                    raise
 
-            await self.app(scope, receive, capture)
+            async def noting() -> Message:
+                nonlocal gone
+                message = await receive()
+                gone = gone or message["type"] == "http.disconnect"
+                return message
+
+            nonlocal error
+            try:
+                await self.app(scope, noting, capture)
+            except Exception:
+                error = not gone
+                raise
+            # returned without an answer: the server answers 500 for it
+            error = status == 0 and not gone
 
         try:
             await self._admit(observed, scope, receive, send, lane)
-        except Exception:
-            error = True
-            raise
         finally:
             body = b"".join(chunks) if chunks is not None and complete and not error else None
             response = ResponseInfo(status, headers, body, error)
@@ -258,9 +281,9 @@ class Gate:
         """Send a policy's answer: a structured rejection or a complete response."""
         if answer.reason is not None:
             self.scheduler.record_rejection(lane, answer.reason)
-            given = answer.retry_after  # a plugin's: held to DESIGN §5, an integer >= 1
-            retry = (max(1, math.ceil(given)) if given and math.isfinite(given)
-                     else self.scheduler.retry_after(lane))
+            retry = _policy_retry_after(answer.retry_after)
+            if retry is None:
+                retry = self.scheduler.retry_after(lane)
             await send_rejection(send, answer.reason, retry)
             return
         start = {"type": "http.response.start", "status": answer.status,
@@ -427,6 +450,18 @@ def _path_matcher(paths: Iterable[str]) -> Any:
         return lambda path: True
     alternatives = "|".join(re.escape(p) for p in sorted(paths, key=len, reverse=True))
     return re.compile(f"(?:{alternatives})(?:/|$)").match
+
+
+def _policy_retry_after(given: object) -> int | None:
+    """A policy's ``Answer.retry_after`` as DESIGN §5 wants it, an integer in 1..``POLICY_
+    RETRY_AFTER_MAX``; ``None`` (the scheduler's estimate instead) for none or nonsense."""
+    try:
+        seconds = float(given)  # type: ignore[arg-type]  # anything, from a plugin
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if seconds == 0 or not math.isfinite(seconds):
+        return None
+    return max(1, min(POLICY_RETRY_AFTER_MAX, math.ceil(seconds)))
 
 
 def _with_wait_header(send: Send, waited: float) -> Send:

@@ -53,7 +53,8 @@ _QUOTED = re.compile(rb'"(?:[^"\\]|\\.)*"')
 class RequestInfo:
     """What a policy may know of a request (built once per request, only when policies exist).
 
-    ``headers`` are the scope's raw request headers (lower-case names, per ASGI).
+    ``headers`` are the scope's raw request headers (lower-case names, per ASGI). ``scope``
+    is a shallow copy of the scope the gate received, unchanged by the app's routing.
     """
 
     scope: Scope
@@ -116,7 +117,8 @@ class DegradationPolicy(Protocol):
 
     def after(self, request: RequestInfo, response: ResponseInfo, now: float) -> None:
         """Learn how a request this policy let pass ended (``status == 0``: the app never
-        answered it)."""
+        answered it). A policy may also have ``started(request, status, now)``: called when
+        the app starts its response, before a stream's body."""
         ...
 
 

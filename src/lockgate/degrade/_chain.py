@@ -74,6 +74,18 @@ class PolicyChain:
             except Exception:
                 self._log_once(policy, "after")
 
+    def started(self, request: RequestInfo, passed: int, status: int, now: float) -> None:
+        """Tell the first ``passed`` policies that have a ``started`` method the status the
+        app answered with, as it starts its response (a stream may run for long after)."""
+        for policy in self.policies[:passed]:
+            started = getattr(policy, "started", None)
+            if started is None:
+                continue
+            try:
+                started(request, status, now)
+            except Exception:
+                self._log_once(policy, "started")
+
     def _log_once(self, policy: DegradationPolicy, where: str) -> None:
         if (id(policy), where) in self._logged:
             return

@@ -122,6 +122,15 @@ class CircuitBreakerPolicy:
                 self._opened_at, self._probe, self.failures = None, None, 0
         # else: a request admitted before the circuit opened, or not the probe: no verdict.
 
+    def started(self, request: RequestInfo, status: int, now: float) -> None:
+        """The probe's verdict comes with its status, not at the end of its body: a healthy
+        stream that outlives ``probe_timeout`` must not count as unanswered."""
+        if self._probe is not None and request.scope is self._probe and now < self._probe_deadline:
+            if status >= 500:
+                self._open(now)
+            else:
+                self._opened_at, self._probe, self.failures = None, None, 0
+
     def _open(self, at: float) -> None:
         self._opened_at, self._probe, self.failures = at, None, 0
 
