@@ -786,3 +786,42 @@ async def test_a_message_the_server_hands_over_in_the_admitting_tick_reaches_the
             upload.deliver({"type": "http.request", "body": b"3", "more_body": False})
     assert got == [b"1", b"2", b"3"]
     assert (gate.stats().active, gate.stats().queued) == (0, 0)
+
+
+async def test_a_queued_request_leaves_no_cycle_for_the_garbage_collector() -> None:
+    """Measured: a watcher that kept its cancelled task made a cycle per queued request
+    (task -> CancelledError -> traceback -> frame -> watcher -> task), and so did a refusal
+    kept in a local (exception -> traceback -> frame -> exception). The cyclic collector
+    then ran 8x as often, and its pauses cost T2's high lane 0.1-0.2x of its p99 and 0.5 %
+    of goodput. Admitted, refused and timed-out waiters must all be freed by reference
+    counting alone: nothing of lockgate's may be left for the collector."""
+    import gc
+
+    clock = FakeClock()
+    app = HoldApp()
+    gate = gate_for(app, clock, max_concurrent=1, queue_capacity=3, wait_timeout=1.0)
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        async with anyio.create_task_group() as tg:
+            holder = await start(tg, gate, "/hold0")
+            admitted = [await start(tg, gate, f"/hold{i}") for i in (1, 2, 3)]
+            full = await start(tg, gate, "/full")  # QUEUE_FULL at once
+            for i in range(4):
+                app.open(f"/hold{i}")
+            await wait_all_tasks_blocked()
+            holder = await start(tg, gate, "/hold4")
+            late = await start(tg, gate, "/late")
+            clock.advance(2.0)  # QUEUE_TIMEOUT
+            await wait_all_tasks_blocked()
+            app.open("/hold4")
+        assert [ex.status for ex in admitted] == [200, 200, 200]
+        assert (full.status, late.status, holder.status) == (503, 503, 200)
+        gc.collect()
+        ours = [thing for thing in gc.garbage if type(thing).__module__.startswith("lockgate")]
+        assert not ours
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()

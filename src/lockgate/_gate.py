@@ -17,10 +17,11 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 
 from ._classifier import Classifier, RuleClassifier, load_classifier
 from ._clock import Clock, MonotonicClock
-from ._exceptions import Rejected
+from ._exceptions import Rejected, RejectReason
 from ._lanes import Priority
 from ._permit import Permit
 from ._responses import send_json, send_rejection, status_body
@@ -323,7 +324,7 @@ class Gate:
     ) -> None:
         """The slow path: wait for a seat while a ``Watcher`` looks for the client leaving."""
         permit: Permit | None = None
-        rejected: Rejected | None = None
+        rejected: RejectReason | None = None
         budget = self._budget(scope) if self._deadline_mode != "off" else None
         task = asyncio.current_task() if _get_running_loop() is not None else None
         watcher = Watcher(receive)
@@ -335,7 +336,7 @@ class Gate:
                 try:
                     permit = await self.scheduler.acquire(lane, budget=budget)
                 except Rejected as exc:
-                    rejected = exc
+                    rejected = exc.reason  # not the exception: its traceback holds this frame
                 except asyncio.CancelledError:
                     # Ours (the client left) unless someone else cancelled this task too.
                     if not watcher.disconnected or task.uncancel():
@@ -346,14 +347,16 @@ class Gate:
                     try:
                         permit = await self.scheduler.acquire(lane, budget=budget)
                     except Rejected as exc:
-                        rejected = exc
+                        rejected = exc.reason
+                if permit is not None:  # a disconnect read in the instant of the grant is
+                    await anyio.lowlevel.cancel_shielded_checkpoint()  # seen before the app
             # Past this point a cancellation may still arrive: the seat is released and the
             # watcher stopped in the ``finally`` whatever happens.
             if rejected is not None:
                 watcher.close()
                 if not watcher.disconnected:
                     retry = self.scheduler.retry_after(lane)
-                    await send_rejection(send, rejected.reason, retry)
+                    await send_rejection(send, rejected, retry)
                 return
             if permit is None or watcher.disconnected:  # the client left: it takes no seat
                 return
