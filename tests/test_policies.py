@@ -547,6 +547,21 @@ def test_breaker_wedged_probe_recovers() -> None:
     assert breaker.before(req("/api"), IDLE, 225.0) is None
 
 
+def test_breaker_state_only_reads() -> None:
+    """``state()`` is what the metrics ask, possibly from an exporter's thread: it used to
+    expire a lost probe itself, changing what the event loop's ``before``/``after`` were
+    using. It now reports the expiry without making it; the loop makes it."""
+    breaker = opened(at=100.0, probe_timeout=5.0)
+    lost = req("/api")
+    assert breaker.before(lost, IDLE, 160.0) is None
+    snapshot = (breaker._opened_at, breaker._probe, breaker.failures)
+    assert breaker.state(170.0) == "open"  # the lost probe counts as failed at 165
+    assert breaker.state(224.9) == "open" and breaker.state(225.0) == "half_open"
+    assert (breaker._opened_at, breaker._probe, breaker.failures) == snapshot
+    answer = breaker.before(req("/api"), IDLE, 170.0)  # the loop: reopened at 165
+    assert answer is not None and answer.retry_after == 55
+
+
 def test_breaker_probe_timeout_defaults_to_recovery_timeout() -> None:
     breaker = opened(at=0.0)
     assert breaker.before(req("/api"), IDLE, 60.0) is None

@@ -78,11 +78,14 @@ class CircuitBreakerPolicy:
         return self.prefixes is None or path.startswith(self.prefixes)
 
     def state(self, now: float) -> State:
-        """``closed``, ``open`` or ``half_open`` at ``now``."""
-        self._expire_probe(now)
-        if self._opened_at is None:
+        """``closed``, ``open`` or ``half_open`` at ``now``. Reads only: metrics may ask from
+        another thread (an exporter's), so the state the event loop changes is left alone."""
+        opened, probe, deadline = self._opened_at, self._probe, self._probe_deadline
+        if probe is not None and now >= deadline:  # the probe failed by going unanswered
+            opened = deadline
+        if opened is None:
             return "closed"
-        return "open" if now < self._opened_at + self.recovery_timeout else "half_open"
+        return "open" if now < opened + self.recovery_timeout else "half_open"
 
     def before(self, request: RequestInfo, stats: GateStats, now: float) -> Answer | None:
         if not self.applies(request.path):
@@ -105,6 +108,7 @@ class CircuitBreakerPolicy:
             return
         failed = response.error or response.status >= 500
         answered = failed or response.status > 0
+        self._expire_probe(now)
         state = self.state(now)
         if state == "closed":
             if failed:
