@@ -17,7 +17,7 @@ from lockgate.demo._measure import lanes_of, percentile
 from lockgate.demo._report import latency_series, throughput_series
 from lockgate.demo._scenarios import scenarios
 from lockgate.demo._svg import Axis, Series, chart, log_ticks, nice_ticks, segments
-from lockgate.demo._table import Row, fmt_ms, scenario_table, summary_table, verdict
+from lockgate.demo._table import Row, fmt_ms, scenario_table, summary_table, trade, verdict
 
 FAST = Route("GET", "/fast", Priority.HIGH, 0.1, 1.0)
 SLOW = Route("GET", "/slow", Priority.LOW, 1.0, 1.0)
@@ -183,6 +183,22 @@ def test_verdict() -> None:
     assert verdict(same, slower).endswith("(1.5x higher), timeouts/errors 0 -> 0: "
                                           "unprotected is ahead here")
     assert verdict(BARE, Row(1000, 0.05, 0, 0.05, 0.1, 0.1, 0)).endswith(": mixed")
+
+
+def test_trade_names_the_lanes_made_faster_and_the_lanes_shed() -> None:
+    """At exactly 1x the gate can lose on goodput overall: the verdict then says why (the
+    threshold scenario of a real run: batch shed to keep logins and reads fast)."""
+    def lane(p99: float, shed: float) -> Row:
+        return Row(sent=300, goodput=0.3, shed_pct=shed, p50=0.05, p95=p99, p99=p99, failed=0)
+
+    before = {"high": lane(0.212, 0.0), "normal": lane(0.214, 0.0), "low": lane(0.358, 0.0),
+              "all": lane(0.326, 0.0)}
+    after = {"high": lane(0.072, 0.0), "normal": lane(0.132, 2.5), "low": lane(0.490, 23.2),
+             "all": lane(0.380, 4.2)}
+    assert trade(before, after) == (
+        "admitted faster: high p99 212 -> 72.0 ms, normal p99 214 -> 132 ms; shed: low 23 %")
+    assert trade(before, before) == ""  # nothing shed, nothing faster
+    assert trade(after, after) == ""
 
 
 def test_summary_table() -> None:

@@ -21,7 +21,7 @@ from ._runner import Run, run_all
 from ._scenarios import Options
 from ._server import split_cores
 from ._service import DEMO_ROUTES, mean_service_time
-from ._table import scenario_table, summary_table, verdict
+from ._table import scenario_table, summary_table, trade, verdict
 
 __all__ = ["machine", "run_demo"]
 
@@ -67,6 +67,8 @@ def run_demo(
         b, a = rows(before), rows(after)
         print(f"\n{scenario_table(before.scenario.title, b, a)}", file=out)
         print(f"  => {verdict(b[ALL], a[ALL])}", file=out)
+        if trade(b, a):
+            print(f"     ({trade(b, a)})", file=out)
         summary.append((before.scenario.name, _load(before), b[ALL], a[ALL]))
     print("\nAll lanes, unprotected vs gated (goodput = share of the pool's seat-time spent on "
           "responses within 5x their service time):", file=out)  # fmt: skip

@@ -17,7 +17,7 @@ from ._runner import Run
 from ._scenarios import Options
 from ._service import DEMO_ROUTES, Route
 from ._svg import Axis, Series, chart
-from ._table import Row, fmt_ms, row, verdict
+from ._table import Row, fmt_ms, row, trade, verdict
 
 __all__ = ["LANE_COLORS", "latency_series", "render", "throughput_series"]
 
@@ -158,6 +158,7 @@ def render(pairs: Sequence[tuple[Run, Run]], options: Options, machine: str) -> 
         parts += [
             f'<section id="{before.scenario.name}"><h2>{escape(before.scenario.title)}</h2>',
             f'<p class="verdict">{escape(verdict(b[ALL], a[ALL]))}</p>',
+            f'<p class="trade">{escape(trade(b, a))}</p>' if trade(b, a) else "",
             _charts(before, after, options.timeout),
             _table(("lane", "sent"), [((_swatch(lane), str(row.sent)), row, a[lane],
                                         lane == ALL) for lane, row in b.items()]),

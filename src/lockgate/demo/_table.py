@@ -92,6 +92,18 @@ def verdict(before: Row, after: Row) -> str:
             f"pool{gain}, {p99}, timeouts/errors {before.failed} -> {after.failed}: {mark}")
 
 
+def trade(before: Mapping[str, Row], after: Mapping[str, Row]) -> str:
+    """What the gate traded, per lane: the lanes whose admitted requests it made faster (p99
+    at least 1.2x lower) and those it shed (5 % or more); "" unless it did both."""
+    faster = [f"{lane} p99 {fmt_ms(before[lane].p99)} -> {fmt_ms(after[lane].p99)} ms"
+              for lane in before if lane != ALL and after[lane].p99 * 1.2 <= before[lane].p99]
+    shed = [f"{lane} {after[lane].shed_pct:.0f} %" for lane in before
+            if lane != ALL and after[lane].shed_pct >= 5.0]
+    if not faster or not shed:
+        return ""
+    return f"admitted faster: {', '.join(faster)}; shed: {', '.join(shed)}"
+
+
 def summary_table(rows: Sequence[tuple[str, str, Row, Row]]) -> str:
     """All lanes of every scenario, one line each: ``(name, load, unprotected, gated)``."""
     cols = (("goodput %", 6), ("p99 ms", 6), ("shed %", 6), ("tmo/err", 6))
