@@ -58,6 +58,19 @@ class Waiters:
         permit.release()
 
 
+def start_leaver(tg: anyio.abc.TaskGroup, scheduler: PriorityScheduler) -> anyio.CancelScope:
+    """Start a NORMAL waiter that leaves (without a seat) when the returned scope is
+    cancelled."""
+    leaving = anyio.CancelScope()
+
+    async def leave_later() -> None:
+        with leaving:
+            await scheduler.acquire(NORMAL)
+
+    tg.start_soon(leave_later)
+    return leaving
+
+
 def teach_service_time(scheduler: PriorityScheduler, clock: FakeClock, seconds: float) -> None:
     """Run enough immediate admissions, each held ``seconds``, for one to be timed."""
     for _ in range(SAMPLE_EVERY):
@@ -301,13 +314,7 @@ async def test_a_free_seat_is_not_taken_by_a_lower_lane_while_a_higher_queue_sta
         w = Waiters(scheduler, tg)
         await w.add("old")
         clock.advance(0.11)  # NORMAL's queue has stood an interval: overloaded
-        leaving = anyio.CancelScope()
-
-        async def leave_later() -> None:
-            with leaving:
-                await scheduler.acquire(NORMAL)
-
-        tg.start_soon(leave_later)  # its arrival sheds "old"
+        leaving = start_leaver(tg, scheduler)  # its arrival sheds "old"
         await wait_all_tasks_blocked()
         assert isinstance(w.outcome["old"], QueueTimeout)
         leaving.cancel()  # the queue is empty, not by service: it still stands
@@ -579,13 +586,7 @@ async def test_a_held_seat_goes_to_the_first_waiter_in_line_when_it_is_handed_on
         clock.advance(scheduler.discipline.mean_service)
         await wait_all_tasks_blocked()
         assert w.order[4:] == ["e", "login"]
-        gone = anyio.CancelScope()
-
-        async def leave_later() -> None:
-            with gone:
-                await scheduler.acquire(NORMAL)
-
-        tg.start_soon(leave_later)
+        gone = start_leaver(tg, scheduler)
         await wait_all_tasks_blocked()
         w.release("c")  # c and d come back locked (the queue has stood < 100 ms: FIFO),
         w.release("d")  # f takes c's seat, d's is held
@@ -884,13 +885,7 @@ async def test_a_standing_queue_that_ends_between_two_looks_leaves_no_free_seat_
     teach_service_time(scheduler, clock, 0.02)  # interval 0.1 s
     holders = [scheduler.try_acquire(NORMAL) for _ in range(2)]
     async with anyio.create_task_group() as tg:
-        leaving = anyio.CancelScope()
-
-        async def leave_later() -> None:
-            with leaving:
-                await scheduler.acquire(NORMAL)
-
-        tg.start_soon(leave_later)
+        leaving = start_leaver(tg, scheduler)
         await wait_all_tasks_blocked()
         clock.advance(0.15)
         assert scheduler.discipline.overloaded(NORMAL, clock.now())

@@ -14,12 +14,13 @@ from lockgate import (
     GateSettings,
     Priority,
     PriorityScheduler,
+    RejectReason,
     Rule,
     RuleClassifier,
     TrustedSource,
 )
 from lockgate._types import Receive, Scope, Send
-from lockgate.degrade import CacheOnlyPolicy, CircuitBreakerPolicy, ReadOnlyPolicy
+from lockgate.degrade import Answer, CacheOnlyPolicy, CircuitBreakerPolicy, ReadOnlyPolicy
 from lockgate.testing import FakeClock
 
 from ._asgi import Exchange
@@ -48,6 +49,30 @@ class App:
         status = 500 if path == "/fail" else 200
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": f"n={len(self.calls)}".encode()})
+
+
+class Refuse:
+    """A plugin policy that refuses every request with ``retry_after`` of any type."""
+
+    wants_body = False
+
+    def __init__(self, retry_after: object) -> None:
+        self.retry_after = retry_after
+
+    def before(self, request: object, stats: object, now: float) -> Answer:
+        return Answer(reason=RejectReason.READ_ONLY, retry_after=self.retry_after)  # type: ignore[arg-type]
+
+    def after(self, request: object, response: object, now: float) -> None:
+        return None
+
+
+class Gone(OSError):
+    """What a server's ``send`` raises once the client has left (ASGI spec)."""
+
+
+async def gone(message: object) -> None:
+    """A server's ``send`` after its client has left."""
+    raise Gone("the client left")
 
 
 async def request(
@@ -176,21 +201,6 @@ async def test_rules_assigned_after_the_gate_was_built_route_requests() -> None:
 
 async def test_a_policy_retry_after_is_held_to_an_integer_of_at_least_one() -> None:
     """A plugin policy answering ``retry_after=-5`` (or 0.2) still sends ``Retry-After: 1``."""
-    from lockgate import RejectReason
-    from lockgate.degrade import Answer
-
-    class Refuse:
-        wants_body = False
-
-        def __init__(self, retry_after: float) -> None:
-            self.retry_after = retry_after
-
-        def before(self, request: object, stats: object, now: float) -> Answer:
-            return Answer(reason=RejectReason.READ_ONLY, retry_after=self.retry_after)  # type: ignore[arg-type]
-
-        def after(self, request: object, response: object, now: float) -> None:
-            return None
-
     for offered, sent in ((-5, "1"), (0.2, "1"), (2.5, "3"), (7, "7"), (1e12, "3600")):
         gate = Gate(App(), GateSettings(max_concurrent=4), policies=[Refuse(offered)])
         refused = await request(gate, "/x", "POST")
@@ -201,31 +211,12 @@ async def test_a_policy_retry_after_of_any_type_never_breaks_the_answer() -> Non
     """Review finding: ``10**400`` raised OverflowError and ``"5"`` TypeError out of the
     gate (a 500). Nonsense now falls back to the scheduler's estimate; text that is a
     number is taken."""
-    from lockgate import RejectReason
-    from lockgate.degrade import Answer
-
-    class Refuse:
-        wants_body = False
-
-        def __init__(self, retry_after: object) -> None:
-            self.retry_after = retry_after
-
-        def before(self, request: object, stats: object, now: float) -> Answer:
-            return Answer(reason=RejectReason.READ_ONLY, retry_after=self.retry_after)  # type: ignore[arg-type]
-
-        def after(self, request: object, response: object, now: float) -> None:
-            return None
-
     for offered in (10**400, "soon", None, float("nan"), [3], "5"):
         gate = Gate(App(), GateSettings(max_concurrent=4), policies=[Refuse(offered)])
         refused = await request(gate, "/x", "POST")
         assert refused.error is None and refused.status == 503
         given = int(refused.headers["retry-after"])
         assert given == 5 if offered == "5" else 1 <= given <= 60
-
-
-class Gone(OSError):
-    """What a server's ``send`` raises once the client has left (ASGI spec)."""
 
 
 async def test_the_gates_own_rejections_to_a_client_that_left_are_not_app_failures() -> None:
@@ -235,9 +226,6 @@ async def test_the_gates_own_rejections_to_a_client_that_left_are_not_app_failur
     breaker = CircuitBreakerPolicy(failure_threshold=5, recovery_timeout=30)
     gate = Gate(app, GateSettings(max_concurrent=1, queue_capacity=0, target_wait=None),
                 policies=[breaker], clock=clock)
-
-    async def gone(message: object) -> None:
-        raise Gone("the client left")
 
     async with anyio.create_task_group() as tg:
         holder = Exchange(gate, path="/hold")
@@ -265,9 +253,6 @@ async def test_a_client_that_leaves_mid_response_is_not_an_app_failure() -> None
         await send({"type": "http.response.body", "body": b"x"})
 
     gate = Gate(app, GateSettings(max_concurrent=4), policies=[breaker], clock=clock)
-
-    async def gone(message: object) -> None:
-        raise Gone("the client left")
 
     for _ in range(3):
         ex = Exchange(gate, path="/x")

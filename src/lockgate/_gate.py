@@ -343,7 +343,7 @@ class Gate:
                         raise
             else:
                 with anyio.CancelScope() as waiting:
-                    watcher.start(scope, waiting.cancel)
+                    watcher.start(scope, waiting.cancel, trio=True)
                     try:
                         permit = await self.scheduler.acquire(lane, budget=budget)
                     except Rejected as exc:

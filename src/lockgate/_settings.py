@@ -13,6 +13,7 @@ variable that names no setting (a typo) is logged as a warning, with the likely 
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import logging
 import os
@@ -261,7 +262,8 @@ class GateSettings(BaseSettings):
         return self
 
 
-def _env_names(settings: type[BaseSettings]) -> set[str]:
+@functools.cache
+def _env_names(settings: type[BaseSettings]) -> frozenset[str]:
     """Every environment variable a ``GateSettings`` reads, upper-case."""
     names = {"ENABLE_BACKPRESSURE", f"{ENV_PREFIX}ENABLED"}
     for field in settings.model_fields:
@@ -270,4 +272,4 @@ def _env_names(settings: type[BaseSettings]) -> set[str]:
         prefix = f"{ENV_PREFIX}LANES__{lane.upper()}"
         names.add(prefix)
         names.update(f"{prefix}__{key.upper()}" for key in LaneSettings.model_fields)
-    return names
+    return frozenset(names)

@@ -53,15 +53,17 @@ class Watcher:
         self._task: asyncio.Future[None] | None = None
         self._scope: anyio.CancelScope | None = None
 
-    def start(self, scope: Scope, on_disconnect: Callable[[], object]) -> None:
-        """Start watching; call ``on_disconnect`` if the client leaves before ``hand_over``.
-        Not at all for a request that expects ``100 Continue``: reading would make the server
-        send it, and the client upload a body that may only meet a 503."""
+    def start(
+        self, scope: Scope, on_disconnect: Callable[[], object], *, trio: bool = False
+    ) -> None:
+        """Start watching, in an asyncio task (``trio``: a trio system task); call
+        ``on_disconnect`` if the client leaves before ``hand_over``. Not at all for a request
+        that expects ``100 Continue``: reading would make the server send it, and the client
+        upload a body that may only meet a 503."""
         self._on_disconnect = on_disconnect
         if _expects_continue(scope):
             self._done = True
-            return
-        if asyncio.events._get_running_loop() is not None:
+        elif not trio:
             self._task = asyncio.ensure_future(self._watch())
         else:
             from trio.lowlevel import spawn_system_task

@@ -67,8 +67,9 @@ def run_demo(
         b, a = rows(before), rows(after)
         print(f"\n{scenario_table(before.scenario.title, b, a)}", file=out)
         print(f"  => {verdict(b[ALL], a[ALL])}", file=out)
-        if trade(b, a):
-            print(f"     ({trade(b, a)})", file=out)
+        traded = trade(b, a)
+        if traded:
+            print(f"     ({traded})", file=out)
         summary.append((before.scenario.name, _load(before), b[ALL], a[ALL]))
     print("\nAll lanes, unprotected vs gated (goodput = share of the pool's seat-time spent on "
           "responses within 5x their service time):", file=out)  # fmt: skip

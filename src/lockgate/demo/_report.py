@@ -158,7 +158,7 @@ def render(pairs: Sequence[tuple[Run, Run]], options: Options, machine: str) -> 
         parts += [
             f'<section id="{before.scenario.name}"><h2>{escape(before.scenario.title)}</h2>',
             f'<p class="verdict">{escape(verdict(b[ALL], a[ALL]))}</p>',
-            f'<p class="trade">{escape(trade(b, a))}</p>' if trade(b, a) else "",
+            f'<p class="trade">{escape(traded)}</p>' if (traded := trade(b, a)) else "",
             _charts(before, after, options.timeout),
             _table(("lane", "sent"), [((_swatch(lane), str(row.sent)), row, a[lane],
                                         lane == ALL) for lane, row in b.items()]),
