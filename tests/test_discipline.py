@@ -22,7 +22,7 @@ from lockgate import (
     QueueTimeout,
     Rejected,
 )
-from lockgate._clock import MonotonicClock, Timer
+from lockgate._clock import Timer
 from lockgate._discipline import QueueDiscipline
 from lockgate._scheduler import SAMPLE_EVERY
 from lockgate.testing import FakeClock
@@ -650,8 +650,8 @@ async def test_a_limit_change_during_a_hold_keeps_the_held_seat_counted() -> Non
 
 
 class TimerlessClock(FakeClock):
-    """A clock with no timers: what ``MonotonicClock`` is off asyncio (see below). Its
-    deadline scopes, which waits on trio use, still work."""
+    """A clock with no timers on trio (a custom clock may have asyncio's only). Its deadline
+    scopes, which waits then fall back to, still work."""
 
     def deadline_scope(self, deadline: float) -> anyio.CancelScope:
         scope = anyio.CancelScope()
@@ -660,14 +660,6 @@ class TimerlessClock(FakeClock):
 
     def call_at(self, deadline: float, callback: Callable[[], None]) -> Timer:
         raise RuntimeError("no running event loop")
-
-
-def test_the_real_clock_has_no_timers_on_trio() -> None:
-    async def main() -> None:
-        with pytest.raises(RuntimeError):
-            MonotonicClock().call_at(0.0, lambda: None)
-
-    anyio.run(main, backend="trio")
 
 
 @pytest.mark.parametrize("anyio_backend", ["trio"])  # waits on asyncio need its timers
@@ -680,6 +672,30 @@ async def test_without_timers_a_locked_seat_is_handed_on_at_once() -> None:
         await free_two_in_lockstep(w, scheduler, clock)
         assert sorted(w.order[4:]) == ["e", "f"]
         tg.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_without_timers_a_wait_on_trio_still_times_out() -> None:
+    clock = TimerlessClock()
+    scheduler = PriorityScheduler(1, wait_timeout=2.0, target_wait=None, clock=clock)
+    held = scheduler.try_acquire(Priority.NORMAL)
+    outcome: list[str] = []
+
+    async def wait() -> None:
+        try:
+            await scheduler.acquire(Priority.NORMAL)
+        except QueueTimeout:
+            outcome.append("timed out")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(wait)
+        await wait_all_tasks_blocked()
+        clock.advance(1.9)
+        await wait_all_tasks_blocked()
+        assert outcome == [] and scheduler.stats().queued == 1
+        clock.advance(0.1)
+    assert outcome == ["timed out"] and scheduler.stats().queued == 0
+    assert held is not None
 
 
 def test_stagger_spaces_locked_seats_and_caps_the_delay() -> None:

@@ -10,13 +10,18 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
+import math
+import sys
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 
 __all__ = ["Clock", "FakeClock", "MonotonicClock", "Timer"]
+
+logger = logging.getLogger("lockgate")
 
 
 class Timer(Protocol):
@@ -37,8 +42,9 @@ class Clock(Protocol):
         ...
 
     def call_at(self, deadline: float, callback: Callable[[], None]) -> Timer:
-        """Call ``callback`` once ``now() >= deadline`` (asyncio only: a bare loop timer is
-        far lighter than a cancel scope, which matters with thousands of waiters)."""
+        """Call ``callback`` once ``now() >= deadline``: far lighter than a cancel scope,
+        which matters with thousands of waiters. Raises ``RuntimeError`` where it has no
+        timers (outside an event loop; a clock may also support asyncio only)."""
         ...
 
 
@@ -54,8 +60,70 @@ class MonotonicClock:
         return anyio.CancelScope(deadline=anyio.current_time() + (deadline - time.monotonic()))
 
     def call_at(self, deadline: float, callback: Callable[[], None]) -> Timer:
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # trio's, or none (then this raises RuntimeError too)
+            return _trio_timers().call_at(deadline - time.monotonic(), callback)
         return loop.call_at(loop.time() + (deadline - time.monotonic()), callback)
+
+
+class _TrioTimers:
+    """``call_at`` for trio, which has none: a heap of callbacks served by one system task
+    per run. A cancel scope per waiter would cost about 1 KiB; an entry here about 150 B.
+    Called-off timers stay in the heap until their time (as asyncio's do)."""
+
+    __slots__ = ("_heap", "_scope", "_seq")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _Handle]] = []
+        self._seq = itertools.count()
+        self._scope: Any = None  # the sleeping task's trio.CancelScope, its deadline the next
+
+    def call_at(self, delay: float, callback: Callable[[], None]) -> Timer:
+        trio = sys.modules["trio"]
+        when = trio.current_time() + delay
+        timer = _Handle(callback)
+        heapq.heappush(self._heap, (when, next(self._seq), timer))
+        scope = self._scope
+        if scope is not None and when < scope.deadline:
+            scope.deadline = when
+        return timer
+
+    async def run(self) -> None:
+        trio, heap = sys.modules["trio"], self._heap
+        while True:
+            while heap and heap[0][2].callback is None:
+                heapq.heappop(heap)
+            with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as self._scope:
+                await trio.sleep_forever()
+            now = trio.current_time()
+            while heap and heap[0][0] <= now:
+                callback = heapq.heappop(heap)[2].callback
+                if callback is not None:
+                    try:
+                        callback()
+                    except Exception:  # in a system task it would crash the whole run
+                        logger.exception("a timer callback failed")
+
+
+_trio_runvar: Any = None
+
+
+def _trio_timers() -> _TrioTimers:
+    """This trio run's timers (started on first use); ``RuntimeError`` outside a trio run."""
+    global _trio_runvar
+    trio = sys.modules.get("trio")  # not imported: no trio run (and no import paid for)
+    if trio is None:
+        raise RuntimeError("no running event loop")
+    if _trio_runvar is None:
+        _trio_runvar = trio.lowlevel.RunVar("lockgate_timers")
+    try:
+        timers: _TrioTimers = _trio_runvar.get()  # RuntimeError outside a run
+    except LookupError:
+        timers = _TrioTimers()
+        _trio_runvar.set(timers)
+        trio.lowlevel.spawn_system_task(timers.run, name="lockgate timers")
+    return timers
 
 
 class FakeClock:
@@ -64,7 +132,7 @@ class FakeClock:
     def __init__(self, start: float = 0.0) -> None:
         self._now = start
         self._seq = itertools.count()
-        self._pending: list[tuple[float, int, _FakeTimer]] = []
+        self._pending: list[tuple[float, int, _Handle]] = []
 
     def now(self) -> float:
         return self._now
@@ -75,7 +143,7 @@ class FakeClock:
         return scope
 
     def call_at(self, deadline: float, callback: Callable[[], None]) -> Timer:
-        timer = _FakeTimer(callback)
+        timer = _Handle(callback)
         if deadline <= self._now:
             callback()
         else:
@@ -100,7 +168,9 @@ class FakeClock:
                 callback()
 
 
-class _FakeTimer:
+class _Handle:
+    """A callback in a heap of timers; ``cancel()`` leaves it there, called off."""
+
     __slots__ = ("callback",)
 
     def __init__(self, callback: Callable[[], None]) -> None:
