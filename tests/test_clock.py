@@ -5,6 +5,7 @@ Run under trio's ``MockClock`` with autojump, so times are exact and no test wai
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
@@ -13,7 +14,7 @@ import trio
 import trio.testing
 
 from lockgate import Priority, PriorityScheduler, QueueTimeout
-from lockgate._clock import MonotonicClock
+from lockgate._clock import MonotonicClock, _trio_timers
 
 
 def run_mocked(main: object) -> None:
@@ -132,3 +133,25 @@ def test_a_queued_request_on_trio_leaves_when_cancelled_and_the_next_gets_the_se
 
     run_mocked(main)
     assert got == ["first cancelled", "second"]
+
+
+def test_called_off_timers_do_not_pile_up_until_their_time() -> None:
+    """Waiters admitted at once call their timers off: with a long wait_timeout the heap
+    would otherwise keep every one of them for that long."""
+    sizes: list[int] = []
+    fired: list[int] = []
+
+    async def main() -> None:
+        clock = MonotonicClock()
+        clock.call_at(clock.now() + 0.5, lambda: fired.append(-1))
+        for i in range(1000):
+            clock.call_at(clock.now() + 3600.0, functools.partial(fired.append, i)).cancel()
+        sizes.append(len(_trio_timers()._heap))
+        kept = clock.call_at(clock.now() + 1.0, lambda: fired.append(1000))
+        await trio.sleep(2.0)
+        kept.cancel()  # already fired: calling it off changes nothing
+        sizes.append(len(_trio_timers()._heap))
+
+    run_mocked(main)
+    assert fired == [-1, 1000]
+    assert sizes[0] <= 102 and sizes[1] <= 102

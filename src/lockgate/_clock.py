@@ -70,40 +70,55 @@ class MonotonicClock:
 class _TrioTimers:
     """``call_at`` for trio, which has none: a heap of callbacks served by one system task
     per run. A cancel scope per waiter would cost about 1 KiB; an entry here about 150 B.
-    Called-off timers stay in the heap until their time (as asyncio's do)."""
+    Called-off entries are dropped once they are most of the heap (asyncio's rule): a
+    waiter admitted at once would otherwise keep its entry for its whole ``wait_timeout``."""
 
-    __slots__ = ("_heap", "_scope", "_seq")
+    __slots__ = ("_called_off", "_heap", "_scope", "_seq")
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, _Handle]] = []
         self._seq = itertools.count()
         self._scope: Any = None  # the sleeping task's trio.CancelScope, its deadline the next
+        self._called_off = 0  # entries in the heap whose callback is None
 
     def call_at(self, delay: float, callback: Callable[[], None]) -> Timer:
         trio = sys.modules["trio"]
         when = trio.current_time() + delay
-        timer = _Handle(callback)
+        timer = _TrioHandle(callback, self)
         heapq.heappush(self._heap, (when, next(self._seq), timer))
         scope = self._scope
         if scope is not None and when < scope.deadline:
             scope.deadline = when
         return timer
 
+    def called_off(self) -> None:
+        """One entry was called off; drop them all when they are most of the heap."""
+        self._called_off += 1
+        heap = self._heap
+        if self._called_off > 100 and 2 * self._called_off > len(heap):
+            heap[:] = [entry for entry in heap if entry[2].callback is not None]
+            heapq.heapify(heap)
+            self._called_off = 0
+
     async def run(self) -> None:
         trio, heap = sys.modules["trio"], self._heap
         while True:
             while heap and heap[0][2].callback is None:
                 heapq.heappop(heap)
+                self._called_off -= 1
             with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as self._scope:
                 await trio.sleep_forever()
             now = trio.current_time()
             while heap and heap[0][0] <= now:
-                callback = heapq.heappop(heap)[2].callback
-                if callback is not None:
-                    try:
-                        callback()
-                    except Exception:  # in a system task it would crash the whole run
-                        logger.exception("a timer callback failed")
+                timer = heapq.heappop(heap)[2]
+                callback, timer.callback = timer.callback, None
+                if callback is None:
+                    self._called_off -= 1
+                    continue
+                try:
+                    callback()
+                except Exception:  # in a system task it would crash the whole run
+                    logger.exception("a timer callback failed")
 
 
 _trio_runvar: Any = None
@@ -178,3 +193,18 @@ class _Handle:
 
     def cancel(self) -> None:
         self.callback = None
+
+
+class _TrioHandle(_Handle):
+    """A ``_TrioTimers`` entry, which tells its heap when it is called off."""
+
+    __slots__ = ("_timers",)
+
+    def __init__(self, callback: Callable[[], None], timers: _TrioTimers) -> None:
+        super().__init__(callback)
+        self._timers = timers
+
+    def cancel(self) -> None:
+        if self.callback is not None:
+            self.callback = None
+            self._timers.called_off()
