@@ -63,12 +63,12 @@ class MonotonicClock:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # trio's, or none (then this raises RuntimeError too)
-            return _trio_timers().call_at(deadline - time.monotonic(), callback)
+            return _trio_timers().call_later(deadline - time.monotonic(), callback)
         return loop.call_at(loop.time() + (deadline - time.monotonic()), callback)
 
 
 class _TrioTimers:
-    """``call_at`` for trio, which has none: a heap of callbacks served by one system task
+    """Timers for trio, which has no ``call_at``: a heap of callbacks served by one system task
     per run. A cancel scope per waiter would cost about 1 KiB; an entry here about 150 B.
     Called-off entries are dropped once they are most of the heap (asyncio's rule): a
     waiter admitted at once would otherwise keep its entry for its whole ``wait_timeout``."""
@@ -81,7 +81,7 @@ class _TrioTimers:
         self._scope: Any = None  # the sleeping task's trio.CancelScope, its deadline the next
         self._called_off = 0  # entries in the heap whose callback is None
 
-    def call_at(self, delay: float, callback: Callable[[], None]) -> Timer:
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         trio = sys.modules["trio"]
         when = trio.current_time() + delay
         timer = _TrioHandle(callback, self)

@@ -68,7 +68,7 @@ NOTIFIED: Final = True
 
 class _Waiter:
     """One queued request: about 0.6 KiB on asyncio, where it parks on a bare future, and
-    1 KiB on trio, where its task parks itself (``wake``: ``None`` until it does, then the
+    1 KiB on trio, where its task parks itself (``wake``: ``None`` until it sleeps, then the
     task, ``NOTIFIED`` once woken). Its deadline is a timer (``Clock.call_at``), not a cancel
     scope: with an ``anyio.Event`` and a cancel scope a trio waiter took 2.5 KiB."""
 
@@ -81,14 +81,14 @@ class _Waiter:
             self.wake: asyncio.Future[None] | Task | bool | None = (
                 asyncio.get_running_loop().create_future()
             )
-        except RuntimeError:  # trio: ``park`` sets it
+        except RuntimeError:  # trio: ``sleep`` sets it
             self.wake = None
         self.state = WAITING
         self.permit: Permit | None = None
         self.reason: RejectReason | None = None
 
     def notify(self) -> None:
-        """Wake the waiting task (idempotent; before it parks, it will not park)."""
+        """Wake the waiting task (idempotent; woken before it sleeps, it does not sleep)."""
         wake = self.wake
         if isinstance(wake, asyncio.Future):
             if not wake.done():
@@ -98,10 +98,15 @@ class _Waiter:
             if wake is not None:
                 sys.modules["trio"].lowlevel.reschedule(wake)
 
-    def park(self) -> Awaitable[object]:
-        """On trio, before ``notify()``: what to await to sleep until it (a plain function,
-        not a coroutine: one frame fewer a waiter). A cancellation ends the sleep, and
-        ``notify`` then does nothing."""
+    def sleep(self) -> Awaitable[object] | None:
+        """What to await until ``notify()``; ``None`` if it came already (on trio). A plain
+        function, not a coroutine: one frame fewer a waiter. On trio a cancellation ends
+        the sleep, and ``notify`` then does nothing."""
+        wake = self.wake
+        if isinstance(wake, asyncio.Future):
+            return wake
+        if wake is not None:  # NOTIFIED: granted or refused before it slept
+            return None
         lowlevel = sys.modules["trio"].lowlevel
         self.wake = lowlevel.current_task()
         return cast("Awaitable[object]", lowlevel.wait_task_rescheduled(self._aborted))
@@ -319,15 +324,12 @@ class PriorityScheduler(LaneQueues[_Waiter]):
                 timer = self._clock.call_at(deadline, waiter.notify)
             except RuntimeError:  # a clock with asyncio timers only, on trio
                 with self._clock.deadline_scope(deadline):
-                    if waiter.wake is None:
-                        await waiter.park()
+                    if (sleep := waiter.sleep()) is not None:
+                        await sleep
             else:
                 try:
-                    wake = waiter.wake
-                    if isinstance(wake, asyncio.Future):
-                        await wake
-                    elif wake is None:  # trio, and not granted or refused already
-                        await waiter.park()
+                    if (sleep := waiter.sleep()) is not None:
+                        await sleep
                 finally:
                     timer.cancel()
         except BaseException:
