@@ -2,7 +2,7 @@
 ``PriorityScheduler`` on a ``FakeClock``, with no server, network or event-loop cost.
 
 One command (``.venv/bin/python benchmarks/simulate.py [load] [--seconds S] [--seed N]
-[--limit NAME --seats N] [--jitter F]``) prints
+[--limit NAME --seats N] [--jitter F | --lognormal SIGMA]``) prints
 per lane: admitted, shed by reason, latency p50/p95/p99 and p99 as a multiple of the service
 time, plus the 503 p99 and the busy fraction of the 18 open seats. It separates what the
 scheduling policy costs from what the server adds (compare with ``overload.py``); it measures
@@ -12,6 +12,7 @@ nothing about speed. Every run with the same seed gives the same numbers.
 from __future__ import annotations
 
 import argparse
+import math
 import random
 
 import anyio
@@ -40,7 +41,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def simulate(
-    load: float, seconds: float, seed: int, limit: str, seats: int, jitter: float
+    load: float, seconds: float, seed: int, limit: str, seats: int, jitter: float,
+    sigma: float = 0.0,
 ) -> None:
     clock = FakeClock()
     settings = GateSettings(max_concurrent=seats, queue_capacity=200, wait_timeout=3, limit=limit)
@@ -89,6 +91,8 @@ async def simulate(
             lane, service = pick_route(rng.random())
             if jitter:  # no draw without it: exact runs keep their numbers
                 service *= 1.0 + jitter * (2.0 * rng.random() - 1.0)
+            if sigma:  # lognormal of the same mean: a real service's long tail
+                service *= math.exp(sigma * rng.gauss(0.0, 1.0) - sigma * sigma / 2)
             tg.start_soon(request, lane, service, clock.now())
             await anyio.wait_all_tasks_blocked()
         await step_to(float("inf"))
@@ -123,9 +127,11 @@ def main() -> None:
                         help=f"max_concurrent ({SEATS}; T3 sets 10x the pool)")
     parser.add_argument("--jitter", type=float, default=0.0,
                         help="service times vary uniformly by +-this fraction (0: exact)")
+    parser.add_argument("--lognormal", type=float, default=0.0, metavar="SIGMA",
+                        help="service times lognormal, same mean (0.5: a database query's spread)")
     args = parser.parse_args()
     anyio.run(simulate, args.load, args.seconds, args.seed, args.limit, args.seats, args.jitter,
-              backend="trio")
+              args.lognormal, backend="trio")
 
 
 if __name__ == "__main__":

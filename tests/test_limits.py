@@ -535,10 +535,12 @@ def test_samples_faster_than_min_rtt_are_not_timing_evidence() -> None:
 # -- T3 end to end in an event simulation -------------------------------------------------------
 
 
-def simulate(limit: Limit, phases: list[tuple[float, float]], seed: int = 1
-             ) -> list[tuple[float, int]]:
+def simulate(limit: Limit, phases: list[tuple[float, float]], seed: int = 1, sigma: float = 0.0,
+             trace: list[int] | None = None) -> list[tuple[float, int]]:
     """Poisson arrivals (``(seconds, rps)`` phases) -> gate (FIFO queue, 50 ms timeout) -> pool
-    of P x S. Per simulated second: (p99 seat time, requests rejected)."""
+    of P x S. Per simulated second: (p99 seat time, requests rejected). ``sigma`` > 0 draws
+    each service time from a lognormal of mean S (0.5: about the spread of a real database
+    query); ``trace`` collects the limit at the end of each second."""
     rng, events, t, seq = random.Random(seed), [], 0.0, 0
     for seconds, rps in phases:
         stop = t + seconds
@@ -558,13 +560,18 @@ def simulate(limit: Limit, phases: list[tuple[float, float]], seed: int = 1
         inflight += 1
         if busy < P:
             busy += 1
-            heapq.heappush(events, (now + S, 1, seq, now, inflight))
+            heapq.heappush(events, (now + service(), 1, seq, now, inflight))
             seq += 1
         else:
             app.append((now, inflight))
 
+    def service() -> float:
+        return S * math.exp(sigma * rng.gauss(0.0, 1.0) - sigma * sigma / 2) if sigma else S
+
     while events:
         now, kind, _, admitted, seats = heapq.heappop(events)
+        while trace is not None and now >= len(trace) + 1:
+            trace.append(limit.limit)
         if kind == 0:
             if inflight < limit.limit and not queue:
                 admit(now)
@@ -576,7 +583,7 @@ def simulate(limit: Limit, phases: list[tuple[float, float]], seed: int = 1
             limit.on_sample(now, now - admitted, seats, False)
             if app:
                 started, seats = app.popleft()
-                heapq.heappush(events, (now + S, 1, seq, started, seats))
+                heapq.heappush(events, (now + service(), 1, seq, started, seats))
                 seq += 1
             else:
                 busy -= 1
@@ -599,6 +606,29 @@ def test_t3_cold_start_into_overload_with_max_concurrent_ten_times_too_high(name
     assert seconds[0][0] > 4 * S  # the misconfiguration hurts at first
     assert all(p99 <= 2 * S for p99, _ in seconds[10:20])
     assert sum(rejected for _, rejected in seconds[21:]) == 0
+
+
+@pytest.mark.xfail(strict=True, reason="known weakness, decision 21: a baseline seeded low")
+@pytest.mark.parametrize("name", ["gradient2", "aimd"])
+@pytest.mark.parametrize("sigma", [0.3, 0.5])
+def test_noisy_service_times_do_not_drive_the_limit_below_the_pool(
+    name: str, sigma: float
+) -> None:
+    """A cold start into 3x overload behind a service whose times vary (lognormal; sigma 0.5 is
+    about a database query's spread), ten seeds each: the limit should stay at the pool or
+    above it (mean over seconds 10-30 >= 0.95 P).
+
+    It does not, today, in 6 of these 40 runs (11-19 seats for a pool of 20). The baseline is
+    seeded from the first requests to finish, which on a cold start are the fastest: up to
+    25 % low, and then every window reads as queueing and nothing corrects it while the
+    overload lasts. Pinned so that a fix shows (strict): docs/decisions.md, decision 21.
+    """
+    means = []
+    for seed in range(1, 11):
+        trace: list[int] = []
+        simulate(make_limit(name, 10 * P), [(30.0, 3 * P / S)], seed, sigma, trace)
+        means.append(sum(trace[10:]) / len(trace[10:]))
+    assert min(means) >= 0.95 * P, means
 
 
 def test_t3_no_rejection_at_normal_load_from_a_cold_start() -> None:
