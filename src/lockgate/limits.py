@@ -37,6 +37,38 @@ ENTRY_POINT_GROUP = "lockgate.limits"
 BUILTIN_LIMITS = ("fixed", "aimd", "gradient2")
 _WARMUP = 10  # windows averaged into the baseline before it turns into a slow EMA
 _MAX_RTT = 86_400.0  # a seat held for a day is not a latency sample
+_FELL, _FOLLOWED, _EVIDENCE = 0.75, 0.9, 100
+"""Relearning (``_WindowedLimit._watch``): the load fell to this share of an overload's peak
+and the ratio stayed above this share of the peak's, over at least this many samples.
+Queueing for a pool cuts the ratio about as much as the load, or to 1."""
+
+
+class _Evidence:
+    """Samples pooled over windows at one level of load: per kind ``[sum of rtt, count]``, the
+    rtt spent and what it would have taken unloaded; for a peak, the windows a quarter or
+    more below it in ``low``."""
+
+    __slots__ = ("kinds", "load", "load_sum", "low", "samples", "spent", "unloaded")
+
+    def __init__(self, load: float) -> None:
+        self.load = load
+        self.low: _Evidence | None = None
+        self.kinds: dict[int, list[float]] = {}
+        self.samples = 0
+        self.spent = self.unloaded = self.load_sum = 0.0
+
+    def add(self, acc: dict[int, list[float]], bases: dict[int, float], load: float) -> None:
+        for kind, (total, n) in acc.items():
+            base = bases.get(kind)
+            if base is None:
+                continue
+            pooled = self.kinds.setdefault(kind, [0.0, 0.0])
+            pooled[0] += total
+            pooled[1] += n
+            self.spent += total
+            self.unloaded += n * base
+            self.samples += int(n)
+            self.load_sum += n * load
 
 
 @runtime_checkable
@@ -135,9 +167,13 @@ class _WindowedLimit:
     by its mean less the time the known kinds queued there (queueing for a pool adds the same
     wait to every kind); a window of unseen kinds only, at no more than twice the first
     seed's load. Two corrections: x0.95 per window while a baseline exceeds twice its kind's
-    mean (latency fell after a long overload), and relearning the kinds served in a window
-    when the load has halved during an overload and the ratio fell by less than 20 %: that
-    latency is the service's own (it got slower), not queueing that fewer seats can cure.
+    mean (latency fell after a long overload), and relearning (``_watch``) when, during an
+    overload, the load has fallen by a quarter and the ratio by less than a tenth, over 100
+    samples: that latency is the service's own, not queueing that fewer seats can cure. The
+    service got slower, or its seed was low: on a cold start into overload the first
+    finishers are the fastest, and behind a service whose times vary (lognormal, sigma 0.5)
+    that seed can be 25 % low. A relearnt baseline at most doubles, so a verdict that noise
+    got wrong costs little.
     Samples with a non-finite time, or an rtt below ``min_rtt`` (gate overhead, not service
     time; NaN and inf too) are ignored unless dropped. Kinds are meant to be few (lanes,
     route classes): each keeps a baseline for the life of the limit.
@@ -173,7 +209,7 @@ class _WindowedLimit:
         self._excess = 0.0  # the last window's mean rtt above its baselines, seconds
         self._seed: list[tuple[float, int, int]] = []  # (rtt, inflight, kind) until seeded
         self._seed_load, self._taught = 0.0, 0
-        self._ref: tuple[float, float] | None = None  # (load, ratio) at an overload's peak
+        self._ref: _Evidence | None = None  # an overload's peak, while one lasts
         self._start: float | None = None
         self._count = self._timed = self._peak = self._load_sum = 0
         self._rtt_sum, self._dropped = 0.0, False
@@ -308,21 +344,41 @@ class _WindowedLimit:
                 continue
             base += weight * (mean - base)
             bases[kind] = base * 0.95 if base > 2 * mean else base
-        if within:
+        if self._recent <= self._tolerance:  # not one window: noise would end the watch
             self._ref = None
         elif busy:
-            ref = self._ref
-            if ref is None or load > ref[0]:
-                self._ref = (load, ratio)
-            elif load * 2 <= ref[0]:  # concurrency halved: did latency follow?
-                if ratio >= 0.8 * ref[1]:  # no: the service itself got slower, in the
-                    for kind, (total, n) in acc.items():  # lanes served now (not the others)
-                        if kind in bases:
-                            bases[kind] = min(total / n, bases[kind] * self._recent)
-                    self._recent = 1.0
-                    self._ref = None
-                else:
-                    self._ref = (load, ratio)
+            self._watch(acc, load)
+
+    def _watch(self, acc: dict[int, list[float]], load: float) -> None:
+        """While an overload lasts: did latency follow the load down? Evidence is pooled over
+        windows (one window of a heavy-tailed service is too noisy to judge): the peak, the
+        windows within 10 % of the overload's highest load; ``low``, those at a quarter or
+        more below it. Once ``low`` holds ``_EVIDENCE`` samples, a ratio within a tenth of
+        the peak's is the service's own latency (it got slower, or was seeded low) and its
+        kinds are relearned from ``low``; otherwise ``low`` becomes the peak to compare with."""
+        bases, peak = self._base, self._ref
+        if peak is None or load > peak.load / 0.9:
+            self._ref = peak = _Evidence(load)
+        if load >= 0.9 * peak.load:
+            peak.load = max(peak.load, load)
+            peak.add(acc, bases, load)
+            return
+        if load > _FELL * peak.load:
+            return
+        low = peak.low
+        if low is None:
+            peak.low = low = _Evidence(load)
+        low.add(acc, bases, load)
+        if low.samples < _EVIDENCE or not peak.unloaded or not low.unloaded:
+            return
+        if low.spent / low.unloaded >= _FOLLOWED * peak.spent / peak.unloaded:
+            for kind, (total, n) in low.kinds.items():
+                bases[kind] = min(total / n, 2.0 * bases[kind])
+            self._recent = 1.0
+            self._ref = None
+        else:
+            low.load = low.load_sum / low.samples
+            self._ref = low
 
     def _decide(
         self, limit: float, ratio: float | None, short: float | None, dropped: bool
