@@ -355,7 +355,8 @@ class _WindowedLimit:
         windows within 10 % of the overload's highest load; ``low``, those at a quarter or
         more below it. Once ``low`` holds ``_EVIDENCE`` samples, a ratio within a tenth of
         the peak's is the service's own latency (it got slower, or was seeded low) and its
-        kinds are relearned from ``low``; otherwise ``low`` becomes the peak to compare with."""
+        kinds are relearned from ``low``, each baseline at most doubling; otherwise ``low``
+        becomes the peak to compare with."""
         bases, peak = self._base, self._ref
         if peak is None or load > peak.load / 0.9:
             self._ref = peak = _Evidence(load)
