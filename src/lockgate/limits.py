@@ -37,38 +37,46 @@ ENTRY_POINT_GROUP = "lockgate.limits"
 BUILTIN_LIMITS = ("fixed", "aimd", "gradient2")
 _WARMUP = 10  # windows averaged into the baseline before it turns into a slow EMA
 _MAX_RTT = 86_400.0  # a seat held for a day is not a latency sample
-_FELL, _FOLLOWED, _EVIDENCE = 0.75, 0.9, 100
-"""Relearning (``_WindowedLimit._watch``): the load fell to this share of an overload's peak
-and the ratio stayed above this share of the peak's, over at least this many samples.
-Queueing for a pool cuts the ratio about as much as the load, or to 1."""
+_NEAR, _FELL, _FOLLOWED, _EVIDENCE = 0.9, 0.75, 0.9, 100
+"""Relearning (``_WindowedLimit._watch``): windows at this share of an overload's peak load
+or more pool as the peak; when the load fell to ``_FELL`` of it and the ratio stayed above
+``_FOLLOWED`` of the peak's, over at least ``_EVIDENCE`` samples, the latency is the
+service's own. Queueing for a pool cuts the ratio about as much as the load, or to 1."""
+
+
+def _totals(acc: dict[int, list[float]], bases: dict[int, float]) -> tuple[float, float, float]:
+    """``(rtt spent, what it would have taken unloaded, samples)`` over the kinds of ``acc``
+    (kind -> ``[sum of rtt, count]``) that have a baseline."""
+    spent = unloaded = samples = 0.0
+    for kind, (total, n) in acc.items():
+        base = bases.get(kind)
+        if base is not None:
+            spent += total
+            unloaded += n * base
+            samples += n
+    return spent, unloaded, samples
 
 
 class _Evidence:
-    """Samples pooled over windows at one level of load: per kind ``[sum of rtt, count]``, the
-    rtt spent and what it would have taken unloaded; for a peak, the windows a quarter or
-    more below it in ``low``."""
+    """Windows pooled at one level of load: per kind ``[sum of rtt, count]`` (kinds with a
+    baseline only) and the samples' summed load; for a peak, the windows a quarter or more
+    below it in ``low``."""
 
-    __slots__ = ("kinds", "load", "load_sum", "low", "samples", "spent", "unloaded")
+    __slots__ = ("kinds", "load", "load_sum", "low")
 
     def __init__(self, load: float) -> None:
         self.load = load
         self.low: _Evidence | None = None
         self.kinds: dict[int, list[float]] = {}
-        self.samples = 0
-        self.spent = self.unloaded = self.load_sum = 0.0
+        self.load_sum = 0.0
 
     def add(self, acc: dict[int, list[float]], bases: dict[int, float], load: float) -> None:
         for kind, (total, n) in acc.items():
-            base = bases.get(kind)
-            if base is None:
-                continue
-            pooled = self.kinds.setdefault(kind, [0.0, 0.0])
-            pooled[0] += total
-            pooled[1] += n
-            self.spent += total
-            self.unloaded += n * base
-            self.samples += int(n)
-            self.load_sum += n * load
+            if kind in bases:
+                pooled = self.kinds.setdefault(kind, [0.0, 0.0])
+                pooled[0] += total
+                pooled[1] += n
+                self.load_sum += n * load
 
 
 @runtime_checkable
@@ -304,13 +312,7 @@ class _WindowedLimit:
 
     def _ratio(self, acc: dict[int, list[float]]) -> float | None:
         """The window's rtt over its samples' baselines; ``None`` without a known kind."""
-        spent = unloaded = samples = 0.0
-        for kind, (total, n) in acc.items():
-            base = self._base.get(kind)
-            if base is not None:
-                spent += total
-                unloaded += n * base
-                samples += n
+        spent, unloaded, samples = _totals(acc, self._base)
         if not unloaded:
             return None
         self._excess = (spent - unloaded) / samples  # the mean time queued, if it queued
@@ -358,9 +360,9 @@ class _WindowedLimit:
         kinds are relearned from ``low``, each baseline at most doubling; otherwise ``low``
         becomes the peak to compare with."""
         bases, peak = self._base, self._ref
-        if peak is None or load > peak.load / 0.9:
+        if peak is None or load * _NEAR > peak.load:
             self._ref = peak = _Evidence(load)
-        if load >= 0.9 * peak.load:
+        if load >= _NEAR * peak.load:
             peak.load = max(peak.load, load)
             peak.add(acc, bases, load)
             return
@@ -370,15 +372,17 @@ class _WindowedLimit:
         if low is None:
             peak.low = low = _Evidence(load)
         low.add(acc, bases, load)
-        if low.samples < _EVIDENCE or not peak.unloaded or not low.unloaded:
+        spent, unloaded, samples = _totals(low.kinds, bases)
+        if samples < _EVIDENCE:
             return
-        if low.spent / low.unloaded >= _FOLLOWED * peak.spent / peak.unloaded:
+        top_spent, top_unloaded, _ = _totals(peak.kinds, bases)
+        if top_unloaded and spent * top_unloaded >= _FOLLOWED * top_spent * unloaded:
             for kind, (total, n) in low.kinds.items():
                 bases[kind] = min(total / n, 2.0 * bases[kind])
             self._recent = 1.0
             self._ref = None
         else:
-            low.load = low.load_sum / low.samples
+            low.load = low.load_sum / samples
             self._ref = low
 
     def _decide(
