@@ -425,7 +425,7 @@ class PriorityScheduler(LaneQueues[_Waiter]):
         if sample:
             self.discipline.record_service(lane, rtt)
         if self._limiter is not None and (sample or dropped):
-            limit = self._limiter(now, rtt, permit.inflight, dropped, lane)
+            limit = self._limiter(now, rtt, permit.inflight, dropped, lane, permit.waited > 0.0)
             if limit != self._limit:
                 self.set_limit(limit)
                 return  # set_limit dispatched

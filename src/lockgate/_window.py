@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from ._knee import STEP, Knee, Pooled, totals
+
 __all__ = ["WindowedLimit"]
 
 _WARMUP = 10  # windows averaged into the baseline before it turns into a slow EMA
@@ -20,39 +22,16 @@ or more pool as the peak; when the load fell to ``_FELL`` of it and the ratio st
 service's own. Queueing for a pool cuts the ratio about as much as the load, or to 1."""
 
 
-def _totals(acc: dict[int, list[float]], bases: dict[int, float]) -> tuple[float, float, float]:
-    """``(rtt spent, what it would have taken unloaded, samples)`` over the kinds of ``acc``
-    (kind -> ``[sum of rtt, count]``) that have a baseline."""
-    spent = unloaded = samples = 0.0
-    for kind, (total, n) in acc.items():
-        base = bases.get(kind)
-        if base is not None:
-            spent += total
-            unloaded += n * base
-            samples += n
-    return spent, unloaded, samples
+class _Evidence(Pooled):
+    """Windows pooled at one level of load, ``load`` (see ``Pooled``); for a peak, the windows
+    a quarter or more below it in ``low``."""
 
-
-class _Evidence:
-    """Windows pooled at one level of load: per kind ``[sum of rtt, count]`` (kinds with a
-    baseline only) and the samples' summed load; for a peak, the windows a quarter or more
-    below it in ``low``."""
-
-    __slots__ = ("kinds", "load", "load_sum", "low")
+    __slots__ = ("load", "low")
 
     def __init__(self, load: float) -> None:
+        super().__init__()
         self.load = load
         self.low: _Evidence | None = None
-        self.kinds: dict[int, list[float]] = {}
-        self.load_sum = 0.0
-
-    def add(self, acc: dict[int, list[float]], bases: dict[int, float], load: float) -> None:
-        for kind, (total, n) in acc.items():
-            if kind in bases:
-                pooled = self.kinds.setdefault(kind, [0.0, 0.0])
-                pooled[0] += total
-                pooled[1] += n
-                self.load_sum += n * load
 
 
 class WindowedLimit:
@@ -91,16 +70,22 @@ class WindowedLimit:
     finishers are the fastest, and behind a service whose times vary (lognormal, sigma 0.5)
     that seed can be 25 % low. A relearnt baseline at most doubles, so a verdict that noise
     got wrong costs little.
+    Busy windows also go to ``Knee`` (``_knee``), which looks for the limit below which latency
+    stops falling and lowers the ratio the subclass parks at (``target``) to just above it; it
+    may hold the limit a step down for a trial meanwhile, and the subclass does not move it
+    then. While it holds a trial or a lowered target, busy windows teach no baseline: near the
+    knee they queue a little by design. A window with under half the seats in use (the overload
+    is over) or a relearnt baseline sends it back to the tolerance.
     Samples with a non-finite time, or an rtt below ``min_rtt`` (gate overhead, not service
     time; NaN and inf too) are ignored unless dropped. Kinds are meant to be few (lanes,
     route classes): each keeps a baseline for the life of the limit.
     """
 
     __slots__ = (
-        "_acc", "_base", "_count", "_dropped", "_estimate", "_excess", "_limit", "_load_sum",
-        "_long_window", "_max", "_min", "_min_rtt", "_min_samples", "_peak", "_recent", "_ref",
-        "_rtt_sum", "_seed", "_seed_load", "_seen", "_span", "_start", "_taught", "_timed",
-        "_tolerance", "_window",
+        "_acc", "_base", "_count", "_dropped", "_estimate", "_excess", "_knee", "_limit",
+        "_load_sum", "_long_window", "_max", "_min", "_min_rtt", "_min_samples", "_peak",
+        "_recent", "_ref", "_rtt_sum", "_seed", "_seed_load", "_seen", "_span", "_start",
+        "_taught", "_timed", "_tolerance", "_waited", "_window",
     )
 
     def __init__(
@@ -121,15 +106,16 @@ class WindowedLimit:
         self._span, self._window, self._min_samples = window, window[0], min_samples
         self._base: dict[int, float] = {}  # kind -> unloaded rtt
         self._seen: dict[int, int] = {}  # kind -> timed samples in closed windows
-        self._acc: dict[int, list[float]] = {}  # kind -> [rtt sum, samples] in this window
+        self._acc: dict[int, list[float]] = {}  # kind -> [sum of rtt, samples, of rtt^2] now
         self._recent = 1.0  # EMA of the ratio over a few windows
         self._excess = 0.0  # the last window's mean rtt above its baselines, seconds
         self._seed: list[tuple[float, int, int]] = []  # (rtt, inflight, kind) until seeded
         self._seed_load, self._taught = 0.0, 0
         self._ref: _Evidence | None = None  # an overload's peak, while one lasts
         self._start: float | None = None
-        self._count = self._timed = self._peak = self._load_sum = 0
+        self._count = self._timed = self._peak = self._load_sum = self._waited = 0
         self._rtt_sum, self._dropped = 0.0, False
+        self._knee = Knee(rtt_tolerance, min_limit, self._park)
 
     @property
     def limit(self) -> int:
@@ -149,25 +135,35 @@ class WindowedLimit:
         """The learned unloaded rtt per kind, seconds (a copy)."""
         return dict(self._base)
 
+    @property
+    def target(self) -> float:
+        """The ratio of latency to baseline the limit parks at under overload: the tolerance,
+        or lower once the knee is found (``_knee``)."""
+        return self._knee.target
+
     def on_sample(
-        self, now: float, rtt: float, inflight: int, dropped: bool, kind: int = 0
+        self, now: float, rtt: float, inflight: int, dropped: bool, kind: int = 0,
+        waited: bool = False,
     ) -> int:
         """As ``Limit.on_sample``; ``kind`` names what was served (the gate passes the lane):
-        each kind's latency is compared with that kind's own baseline."""
+        each kind's latency is compared with that kind's own baseline. ``waited``: the request
+        queued for its seat (the gate passes it; the knee is sought only while most did)."""
         if not -math.inf < now < math.inf:
             return self._limit
         if dropped:
             self._dropped = True
         elif self._min_rtt <= rtt < _MAX_RTT:  # false for NaN too
             self._timed += 1
+            self._waited += waited
             self._rtt_sum += rtt
             self._load_sum += inflight
             acc = self._acc.get(kind)
             if acc is None:
-                self._acc[kind] = [rtt, 1.0]
+                self._acc[kind] = [rtt, 1.0, rtt * rtt]
             else:
                 acc[0] += rtt
                 acc[1] += 1.0
+                acc[2] += rtt * rtt
             if not self._base:
                 self._seed.append((rtt, inflight, kind))
         else:
@@ -186,8 +182,9 @@ class WindowedLimit:
         timed, peak, dropped, acc = self._timed, self._peak, self._dropped, self._acc
         short = self._rtt_sum / timed if timed else 0.0
         load = self._load_sum / timed if timed else 0.0
+        pressed = self._waited * 2 >= timed > 0
         self._start, self._count, self._timed, self._peak, self._load_sum = None, 0, 0, 0, 0
-        self._rtt_sum, self._dropped, self._acc = 0.0, False, {}
+        self._rtt_sum, self._dropped, self._acc, self._waited = 0.0, False, {}, 0
         if timed:
             self._window = min(max(short, self._span[0]), self._span[1])
         if not self._base:
@@ -195,16 +192,28 @@ class WindowedLimit:
                 self._seed_baselines()
             return
         ratio = self._ratio(acc)
-        before, saturated = self._estimate, peak >= self._limit
-        busy = peak * 2 >= before
+        saturated, busy = peak >= self._limit, peak * 2 >= self._estimate
         if ratio is not None:
             self._recent = 0.8 * self._recent + 0.2 * ratio
-        if dropped or (busy and ratio is not None):
-            new = self._decide(before, ratio, short if timed else None, dropped)
+        knee, held = self._knee, False
+        if not busy:  # the overload (if any) is over
+            self._run_at(knee.forget(self._limit))
+        elif dropped or ratio is None:
+            self._run_at(knee.abandon(self._limit))
+        else:
+            limit, held = knee.window(acc, self._base, load, pressed, self._limit, self._recent)
+            self._run_at(limit)
+        if not held and (dropped or (busy and ratio is not None)):
+            new = self._decide(self._estimate, ratio, short if timed else None, dropped)
             self._estimate = min(max(new, float(self._min)), float(self._max))
             self._limit = int(self._estimate)
         if timed:
             self._learn(acc, ratio, load, busy, saturated, elapsed)
+
+    def _run_at(self, limit: int) -> None:
+        """Set the limit to ``limit`` (a trial of the knee's, or its step given back)."""
+        if limit != self._limit:
+            self._estimate, self._limit = float(limit), limit
 
     def _seed_baselines(self) -> None:
         """Per kind, the half admitted at the lowest inflight: the least likely to queue."""
@@ -221,7 +230,7 @@ class WindowedLimit:
 
     def _ratio(self, acc: dict[int, list[float]]) -> float | None:
         """The window's rtt over its samples' baselines; ``None`` without a known kind."""
-        spent, unloaded, samples = _totals(acc, self._base)
+        spent, unloaded, samples = totals(acc, self._base)
         if not unloaded:
             return None
         self._excess = (spent - unloaded) / samples  # the mean time queued, if it queued
@@ -232,21 +241,22 @@ class WindowedLimit:
         saturated: bool, elapsed: float,
     ) -> None:
         bases = self._base
-        for kind, (_, n) in acc.items():
+        for kind, (_, n, _) in acc.items():
             self._seen[kind] = self._seen.get(kind, 0) + int(n)
         if ratio is None:  # only kinds never seen: nothing to compare them with, so they
             if load <= 2 * self._seed_load:  # are seeded only at the first seed's load
-                bases.update((kind, total / n) for kind, (total, n) in acc.items())
+                bases.update((kind, total / n) for kind, (total, n, _) in acc.items())
             return
         weight = 0.0
         band = (1.0 + self._tolerance) / 2 if busy else self._tolerance
         if self._taught < _WARMUP and load <= 2 * self._seed_load:
             self._taught += 1
             weight = 1.0 / (self._taught + 1)
-        elif not saturated and ratio <= band:
-            weight = min(1.0, 2.0 * elapsed / self._long_window)
+        elif not saturated and ratio <= band and not (busy and self._knee.engaged):
+            weight = min(1.0, 2.0 * elapsed / self._long_window)  # (near the knee found, a
+            # busy window queues a little by design: learning it would creep the baseline)
         within = ratio <= self._tolerance
-        for kind, (total, n) in acc.items():
+        for kind, (total, n, _) in acc.items():
             mean = total / n
             base = bases.get(kind)
             if base is None:  # first seen now: as queued as the kinds it ran beside
@@ -281,15 +291,16 @@ class WindowedLimit:
         if low is None:
             peak.low = low = _Evidence(load)
         low.add(acc, bases, load)
-        spent, unloaded, samples = _totals(low.kinds, bases)
+        spent, unloaded, samples = totals(low.kinds, bases)
         if samples < _EVIDENCE:
             return
-        top_spent, top_unloaded, _ = _totals(peak.kinds, bases)
+        top_spent, top_unloaded, _ = totals(peak.kinds, bases)
         if top_unloaded and spent * top_unloaded >= _FOLLOWED * top_spent * unloaded:
-            for kind, (total, n) in low.kinds.items():
+            for kind, (total, n, _) in low.kinds.items():
                 bases[kind] = min(total / n, 2.0 * bases[kind])
             self._recent = 1.0
             self._ref = None
+            self._run_at(self._knee.forget(self._limit))  # the knee's ratios are stale
         else:
             low.load = low.load_sum / samples
             self._ref = low
@@ -298,6 +309,11 @@ class WindowedLimit:
         self, limit: float, ratio: float | None, short: float | None, dropped: bool
     ) -> float:
         raise NotImplementedError
+
+    def _park(self, above: float, at: float) -> float:
+        """The ratio to park at once the knee is found: ``above`` one step above it, ``at``
+        at it. With one step's margin, so that noise at the knee does not cut below it."""
+        return max(above, at * (1.0 + STEP))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(limit={self._limit}, baselines={self._base})"

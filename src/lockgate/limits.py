@@ -8,16 +8,20 @@ its own timestamp, so a test drives hours of simulated traffic in milliseconds.
 The adaptive limits answer one question: *is latency rising because requests queue inside the
 app?* They are not rate limiters, not failure detectors (a 500 is not overload), and not a
 substitute for ``max_concurrent``: that stays the ceiling; they take seats away while the
-service shows queueing and give them back when it stops. Neither probes destructively: the limit
-is never pinned low to re-measure an unloaded latency (Envoy's minRTT probe does; its users see
-503s). Instances are not thread-safe: one belongs to one gate on one event loop.
+service shows queueing and give them back when it stops. Under a sustained overload they park at
+the *knee* (``_knee``): they hold the limit one step lower at a time while that shortens the
+queue inside the app, so behind a steady service they sit about a step above its capacity
+rather than at ``rtt_tolerance`` x it. Neither probes destructively: the limit is never pinned
+low to re-measure an unloaded latency (Envoy's minRTT probe does; its users see 503s), and a
+step that does not pay is given back. Instances are not thread-safe: one belongs to one gate
+on one event loop.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from importlib.metadata import entry_points
 from typing import Protocol, cast, runtime_checkable
 
@@ -54,35 +58,38 @@ class Limit(Protocol):
         included; ``dropped``: the app itself signalled overload (its own 503/429/504, a timeout).
         Feed every finished request, not one in N: the first finishers seed the baseline.
         A limit whose ``on_sample`` also takes a keyword ``kind`` is told the request's lane
-        (an ``int``), as the built-in adaptive limits are.
+        (an ``int``), and one that takes ``waited`` whether the request queued for its seat
+        (a ``bool``), as the built-in adaptive limits are.
         """
         ...
 
 
-Sampler = Callable[[float, float, int, bool, int], int]
-"""``(now, rtt, inflight, dropped, kind) -> limit``: how the gate feeds a limit."""
+Sampler = Callable[[float, float, int, bool, int, bool], int]
+"""``(now, rtt, inflight, dropped, kind, waited) -> limit``: how the gate feeds a limit."""
 
 
 def sampler(limit: Limit) -> Sampler:
-    """``limit.on_sample`` taking a ``kind``, whether or not the limit uses one (it is passed
-    by keyword when the limit declares a parameter of that name)."""
+    """``limit.on_sample`` taking a ``kind`` and ``waited``, whether or not the limit uses
+    them (each is passed by keyword when the limit declares a parameter of that name)."""
     on_sample = limit.on_sample
     try:
-        keyed = "kind" in inspect.signature(on_sample).parameters
+        declared: Collection[str] = inspect.signature(on_sample).parameters
     except (TypeError, ValueError):  # no signature to read: feed it the protocol's four
-        keyed = False
-    if keyed:
-        with_kind = cast(Callable[..., int], on_sample)
+        declared = ()
+    keyed = cast(Callable[..., int], on_sample)
+    wants_kind, wants_waited = "kind" in declared, "waited" in declared
 
-        def kinded(now: float, rtt: float, inflight: int, dropped: bool, kind: int) -> int:
-            return with_kind(now, rtt, inflight, dropped, kind=kind)
-
-        return kinded
-
-    def kindless(now: float, rtt: float, inflight: int, dropped: bool, kind: int) -> int:
+    def fed(now: float, rtt: float, inflight: int, dropped: bool, kind: int,
+            waited: bool) -> int:
+        if wants_kind and wants_waited:
+            return keyed(now, rtt, inflight, dropped, kind=kind, waited=waited)
+        if wants_kind:
+            return keyed(now, rtt, inflight, dropped, kind=kind)
+        if wants_waited:
+            return keyed(now, rtt, inflight, dropped, waited=waited)
         return on_sample(now, rtt, inflight, dropped)
 
-    return kindless
+    return fed
 
 
 class FixedLimit:
@@ -115,7 +122,9 @@ class AIMDLimit(WindowedLimit):
     limit``). Netflix's AIMD moves per sample (+1 per request is +400/s at 400 rps; a burst of
     ten drops cuts it to 0.35x) and sees only drops and a fixed 5 s timeout, so it never notices
     requests queueing inside the app; this one does. Seats come back slowly (+1 per window,
-    about 10/s at a 50 ms service): prefer ``Gradient2Limit`` unless loss is your signal.
+    about 10/s at a 50 ms service): prefer ``Gradient2Limit`` unless loss is your signal. Once
+    the knee is found the tolerance gives way to a target that puts the saw-tooth's low point
+    at the knee, so it swings about 10 % either side of a step above it.
     """
 
     __slots__ = ("_backoff", "_timeout")
@@ -139,9 +148,14 @@ class AIMDLimit(WindowedLimit):
     ) -> float:
         if dropped or ratio is None or short is None or short > self._timeout:
             return min(limit - 1, limit * self._backoff)
-        if min(ratio, self._recent) > self._tolerance:
+        if min(ratio, self._recent) > self.target:
             return min(limit - 1, limit * self._backoff)
         return limit + 1
+
+    def _park(self, above: float, at: float) -> float:
+        """Where to park above the knee: the saw-tooth's low point (``backoff`` below its top)
+        at the knee."""
+        return max(above, at / self._backoff)
 
 
 def _sqrt_headroom(limit: int) -> float:
@@ -155,7 +169,9 @@ class Gradient2Limit(WindowedLimit):
     its unloaded one, per kind), ``new = limit * gradient + headroom``, ``limit += smoothing *
     (new - limit)``, within ``[min_limit, max_limit]``; a drop counts as gradient 0.5. Under
     overload it settles where latency is ``rtt_tolerance`` x the unloaded one: behind a pool of
-    P connections, about ``rtt_tolerance * P`` seats. Unlike Netflix, the headroom
+    P connections, about ``rtt_tolerance * P`` seats; then, told that requests wait for their
+    seats (as the gate tells it), it looks for the knee and parks one step (5 %) above it,
+    ``target`` replacing ``rtt_tolerance`` in the gradient. Unlike Netflix, the headroom
     (``queue_size``, by default ``max(4, sqrt(limit))`` so seats come back quickly at large
     limits) is added only while latency is within tolerance: added under mild overload it
     drifts the limit up (PR #134). The default ``rtt_tolerance`` is 1.25 (Envoy's buffer;
@@ -186,7 +202,7 @@ class Gradient2Limit(WindowedLimit):
     def _decide(
         self, limit: float, ratio: float | None, short: float | None, dropped: bool
     ) -> float:
-        gradient = 0.0 if dropped or not ratio else self._tolerance / ratio
+        gradient = 0.0 if dropped or not ratio else self.target / ratio
         new = limit * min(max(gradient, 0.5), 1.0)
         if gradient >= 1.0:
             new += max(0.0, self._queue_size(int(limit)))
