@@ -341,6 +341,49 @@ async def test_a_free_seat_is_not_taken_by_a_lower_lane_while_a_higher_queue_sta
 # -- found in review (third session) ------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("overloaded_first", "gap", "stands_after"),
+    [(True, 0.0, 0.05), (True, 0.09, 0.05), (True, 0.11, 0.1), (False, 0.0, 0.1)],
+)
+async def test_a_queue_served_empty_while_overloaded_relapses_after_one_target(
+    overloaded_first: bool, gap: float, stands_after: float
+) -> None:
+    """CoDel's memory. NORMAL's queue is served empty and starts again ``gap`` later: if it was
+    overloaded and the gap is under an interval (100 ms), it is overloaded again once it has
+    stood one target (50 ms), not a whole interval. Under a sustained overload a lane's queue
+    empties now and then; each time, the interval after was served oldest-first with waits up
+    to the whole interval (at 2x, most of the normal lane's waits over its target). Otherwise
+    (a gap of an interval or more, or a queue that never stood) it needs the whole interval."""
+    scheduler, clock = make()
+    teach_service_time(scheduler, clock, 0.02)  # target 50 ms, interval 100 ms
+    holder = scheduler.try_acquire(NORMAL)
+    assert holder is not None
+    discipline = scheduler.discipline
+    async with anyio.create_task_group() as tg:
+        w = Waiters(scheduler, tg)
+        if overloaded_first:
+            await w.add("old")
+            clock.advance(0.11)
+            await w.add("a")  # the queue has stood an interval: "old" is shed
+        else:
+            await w.add("a")
+            clock.advance(0.06)
+        assert discipline.overloaded(NORMAL, clock.now()) is overloaded_first
+        holder.release()  # serves "a": the queue is gone
+        await wait_all_tasks_blocked()
+        assert w.order == ["a"] and not discipline.overloaded(NORMAL, clock.now())
+        clock.advance(gap)
+        await w.add("b")
+        clock.advance(stands_after - 0.001)
+        assert not discipline.overloaded(NORMAL, clock.now())
+        clock.advance(0.002)
+        assert discipline.overloaded(NORMAL, clock.now())
+        w.release("a")  # the seat comes free: "b", past the target in a standing queue, is shed
+        await wait_all_tasks_blocked()
+    assert isinstance(w.outcome["b"], QueueTimeout)
+    assert (scheduler.stats().active, scheduler.stats().queued) == (0, 0)
+
+
 async def test_a_queue_that_emptied_without_service_stops_standing_after_an_interval() -> None:
     """NORMAL's queue stood and then emptied by a timeout, not by service: for one interval
     it still counts as standing (shedding must not reset the overload it answers); after

@@ -6,7 +6,9 @@
   newest-first and waiters older than ``target`` are answered ``QUEUE_TIMEOUT`` at once. Both
   numbers scale with the lane's own service time, so a queue that drains within about one
   service time is not called standing: ``interval = max(100 ms, 2 x median)``,
-  ``target = max(target_wait, median)``.
+  ``target = max(target_wait, median)``. Like CoDel, it remembers: a queue that an overloaded
+  lane served empty and that starts again within an interval is overloaded again after one
+  target.
 * **Drain predictions** for deadline admission and ``Retry-After``, by Little's law: with every
   seat busy the queue moves at ``limit / mean service time``, so a waiter with ``ahead``
   waiters before it is served after ``(ahead + 1) x mean / limit``. The mean is a moving
@@ -76,6 +78,7 @@ class QueueDiscipline:
         self._standing_since: list[float | None] = [None] * lanes
         self._emptied_at = [0.0] * lanes
         self._empty = [True] * lanes
+        self._relapse_from = [-math.inf] * lanes  # when an overloaded queue was last served empty
         self.mean_service = 0.0
         self.standing_from = lanes
         """The first lane whose queue may stand (``lanes``: none). Lowered whenever a queue
@@ -115,12 +118,22 @@ class QueueDiscipline:
         if lane < self.standing_from:
             self.standing_from = lane
         if since is None or now - self._emptied_at[lane] >= self.interval(lane):
-            self._standing_since[lane] = now
+            interval = self.interval(lane)
+            if now - self._relapse_from[lane] < interval:  # served empty while overloaded
+                self._standing_since[lane] = now - interval + self.target(lane)  # just now
+            else:
+                self._standing_since[lane] = now
 
     def queue_emptied(self, lane: int, now: float, served: bool) -> None:
         """``lane``'s queue became empty: by serving its last waiter (the queue is gone), or
         by shedding, displacement, cancellation (it still stands unless it stays empty for
-        an interval -- else shedding would reset the overload it answers)."""
+        an interval -- else shedding would reset the overload it answers). A queue served
+        empty while overloaded that starts again within an interval is overloaded again once
+        it has stood one target, not a whole interval (CoDel's memory of a recent drop state):
+        under a sustained overload a lane's queue empties now and then, and the interval after
+        each would otherwise be served oldest-first, with waits up to the whole interval."""
+        if served and self.overloaded(lane, now):
+            self._relapse_from[lane] = now
         self._empty[lane] = True
         if served:
             self._standing_since[lane] = None
