@@ -117,12 +117,12 @@ class QueueDiscipline:
         self._empty[lane] = False
         if lane < self.standing_from:
             self.standing_from = lane
-        if since is None or now - self._emptied_at[lane] >= self.interval(lane):
-            interval = self.interval(lane)
-            if now - self._relapse_from[lane] < interval:  # served empty while overloaded
-                self._standing_since[lane] = now - interval + self.target(lane)  # just now
-            else:
-                self._standing_since[lane] = now
+        interval = self.interval(lane)
+        if since is None or now - self._emptied_at[lane] >= interval:
+            start = now
+            if now - self._relapse_from[lane] < interval:  # served empty while overloaded:
+                start -= interval - self.target(lane)  # overloaded again after one target
+            self._standing_since[lane] = start
 
     def queue_emptied(self, lane: int, now: float, served: bool) -> None:
         """``lane``'s queue became empty: by serving its last waiter (the queue is gone), or
