@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from lockgate._knee import MOST, NEAR, STEP, Knee, Pooled
+from lockgate._knee import MOST, NEAR, STEP, WINDOWS, Knee, Pooled
 
 P = 20
 BASES = {0: 1.0}
@@ -75,7 +75,7 @@ def test_a_trial_is_given_back_at_once(trouble: str) -> None:
     """Held one step below a level, the trial ends and returns the step when latency rises
     past the tolerance, or when most requests no longer wait (the limit no longer binds)."""
     knee = Knee(TOLERANCE, 4, gradient2_park)
-    moves = behind_the_pool(knee, 26, windows=3)
+    moves = behind_the_pool(knee, 26, windows=WINDOWS + 2)  # watch, judge, step, skip one
     assert moves[-1] == (25, True)
     if trouble == "latency rose":
         back = knee.window(sums(2.0), BASES, 25.0, True, 25, 1.3)
@@ -101,30 +101,64 @@ def test_no_search_unless_requests_waited() -> None:
 
 def test_the_evidence_needed_grows_with_the_spread() -> None:
     """A level is judged once the standard error of a step's fall is a fifth of it: behind a
-    steady service a level takes a window or two, behind a noisy one many more; one too noisy
-    to judge within ``MOST`` samples is left alone, with nothing held."""
+    steady service a level takes ``WINDOWS`` windows, behind a noisy one many more; one too
+    noisy to judge within ``MOST`` samples is left alone, with nothing held."""
     first_step = {}
     for spread in (0.0, 0.2, 0.4):
         knee = Knee(TOLERANCE, 4, gradient2_park)
         moves = behind_the_pool(knee, 26, windows=120, spread=spread)
         first_step[spread] = next(i for i, (_, held) in enumerate(moves) if held)
-    assert first_step[0.0] < 3 < first_step[0.2] < first_step[0.4]
+    assert first_step[0.0] == WINDOWS < first_step[0.2] < first_step[0.4]
     knee = Knee(TOLERANCE, 4, gradient2_park)
     moves = behind_the_pool(knee, 26, windows=MOST // 40 + 5, spread=3.0)
     assert not any(held for _, held in moves) and knee.target == TOLERANCE
+
+
+def test_windows_that_scatter_are_noise_though_their_samples_agree() -> None:
+    """Samples queued together share their wait and the service's speed of the moment, so a
+    level's error also comes from how its windows scatter: windows exact inside but 5 % apart
+    take many windows to judge. A scatter that follows the load (AIMD's saw-tooth, queueing
+    above the knee) is not noise: judged in ``WINDOWS`` windows."""
+
+    def first_step(ratios_and_loads: list[tuple[float, float]]) -> int:
+        knee = Knee(TOLERANCE, 4, gradient2_park)
+        for i, (ratio, load) in enumerate(ratios_and_loads):
+            if knee.window(sums(ratio), BASES, load, True, 26, ratio)[1]:
+                return i
+        return len(ratios_and_loads)
+
+    scattered = [(1.3 * (1.05 if i % 2 else 0.95), 26.0) for i in range(400)]
+    sawing = [(1.2 * load / 26, load) for load in [26.0, 27.0, 28.0, 29.0, 24.0, 25.0] * 60]
+    assert first_step(sawing) == WINDOWS < 30 < first_step(scattered)
 
 
 def test_a_step_the_load_does_not_follow_is_taken_further() -> None:
     """Seats kept for a lane that leaves them idle can make a step of the limit no step of the
     load: the trial goes one step further and compares with the same level."""
     knee = Knee(TOLERANCE, 4, gradient2_park)
-    limit = 26
-    knee.window(sums(1.3), BASES, 26.0, True, limit, 1.3)  # starts watching
-    limit, held = knee.window(sums(1.3), BASES, 26.0, True, limit, 1.3)
-    assert (limit, held) == (25, True)
-    knee.window(sums(1.3), BASES, 26.0, True, limit, 1.3)  # the first window after a step
-    limit, held = knee.window(sums(1.3), BASES, 26.0, True, limit, 1.3)  # load stayed at 26
-    assert (limit, held) == (24, True)
+    moves = [knee.window(sums(1.3), BASES, 26.0, True, 26, 1.3) for _ in range(WINDOWS + 1)]
+    assert moves[-1] == (25, True)  # watched WINDOWS windows at 26, then one step down
+    moves = [knee.window(sums(1.3), BASES, 26.0, True, 25, 1.3) for _ in range(WINDOWS + 1)]
+    assert moves[-1] == (24, True)  # the load stayed at 26: one step further
+
+
+def test_a_target_is_never_below_the_baseline_nor_within_a_windows_noise() -> None:
+    """Where the knee is found, the target is at least two window deviations above the ratio
+    read there (the algorithm decides on single windows), and never below 1 + STEP: a level
+    read while the service was fast for a moment (ratio 0.9) must not make the algorithm cut
+    where nothing queues."""
+    fast = Knee(TOLERANCE, 4, gradient2_park)
+    behind_the_pool(fast, 26, pool=23)  # the knee at 23 seats reads 1.0 ...
+    assert fast.target == pytest.approx(1.0 + STEP)
+    fast = Knee(TOLERANCE, 4, lambda above, at: 0.9)  # ... or, read fast, 0.9
+    behind_the_pool(fast, 26, pool=23)
+    assert fast.target == pytest.approx(1.0 + STEP)
+    noisy = Knee(TOLERANCE, 4, gradient2_park)
+    limit, ratios = 26, [0.97, 1.03]  # windows alternate 3 % either side of the level's ratio
+    for i in range(600):
+        ratio = max(1.0, limit / 23) * ratios[i % 2]
+        limit, _ = noisy.window(sums(ratio), BASES, float(limit), True, limit, ratio)
+    assert limit == 23 and noisy.target == pytest.approx(1.0 + 2 * 0.03, rel=0.01)
 
 
 def test_the_level_watched_restarts_when_the_algorithm_moves_the_limit() -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import anyio
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import lockgate.limits
@@ -754,6 +754,7 @@ samples = st.lists(
         st.one_of(st.floats(0.0, 5.0), st.sampled_from([0.0, 1e-9, 1e300]), any_float),  # rtt
         st.integers(0, 10**6),
         st.booleans(),
+        st.booleans(),  # waited
     ),
     max_size=300,
 )
@@ -762,18 +763,52 @@ bounds = st.tuples(st.integers(1, 50), st.integers(0, 50), st.integers(0, 200))
 
 @given(samples, bounds, st.sampled_from(ADAPTIVE))
 def test_limit_is_always_an_int_within_bounds(
-    stream: list[tuple[float, float, int, bool]],
+    stream: list[tuple[float, float, int, bool, bool]],
     shape: tuple[int, int, int],
     cls: Callable[..., Adaptive],
 ) -> None:
     low, above_low, above_initial = shape
     limit = cls(low + above_low, low, low + above_low + above_initial)
     now = 0.0
-    for step, rtt, inflight, dropped in stream:
+    for step, rtt, inflight, dropped, waited in stream:
         now += step
-        got = limit.on_sample(now, rtt, inflight, dropped)
+        got = limit.on_sample(now, rtt, inflight, dropped, waited=waited)
         assert type(got) is int and got == limit.limit
         assert low <= got <= low + above_low + above_initial
+
+
+@settings(deadline=None)
+@example(pool=15, excess=6, spread=0.198, seed=6, cls=Gradient2Limit)
+@given(
+    st.integers(4, 60), st.integers(2, 8), st.floats(0.0, 0.3), st.integers(0, 2**32 - 1),
+    st.sampled_from(ADAPTIVE),
+)
+def test_behind_any_pool_the_knee_search_leaves_no_lasting_harm(
+    pool: int, excess: int, spread: float, seed: int, cls: Callable[..., Adaptive]
+) -> None:
+    """A pool of any size behind a limit ``excess`` x too high, 60 s of overload, the service's
+    speed wandering within +-``spread`` every 100 ms (so that two levels the knee search
+    compares were not measured on quite the same service): however the search goes, over the
+    last 20 s the limit averages at least the pool (less one step), and a target it set is
+    never below the baseline's latency plus a step. Trials below the knee cost time on the way
+    (in 864 seeded runs of this model: up to 10 s below the pool less a step, none after
+    t = 40 s, the last 20 s averaging at least 1.03 x the pool).
+
+    Regression (the example): a level read while the service was fast (ratio 0.89) set the
+    target to 0.92, below the baseline's own latency, and the limit sat at 8-14 seats for a
+    pool of 15 for the rest of the run (a target is now never below 1 + one step)."""
+    rng = random.Random(seed)
+    limit = cls(excess * pool, 2, excess * pool)
+    model = warm(limit, Pool(limit, pool=pool))
+    base = model.service
+    late: list[int] = []
+    for tick in range(600):
+        model.service = base * (1.0 + spread * (2.0 * rng.random() - 1.0))
+        model.run(0.1)
+        if tick >= 400:
+            late.append(limit.limit)
+    assert sum(late) / len(late) >= pool - max(1, int(pool * 0.05)), late
+    assert limit.target == 1.25 or limit.target >= 1.05
 
 
 invalid = st.one_of(

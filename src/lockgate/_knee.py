@@ -19,9 +19,15 @@ step's margin: ``target``, which replaces the tolerance as the ratio to park at 
 overload ends or a baseline is relearned. A baseline that is off shifts every level's ratio
 alike, so the knee is found all the same.
 
-Evidence is pooled until the ratio's standard error, from the samples' own spread, is a fifth
-of the fall a step should cause: a few windows behind a steady service, seconds behind a noisy
-one. A service too noisy to judge within ``MOST`` samples is left where the algorithm keeps it.
+Evidence is pooled until the ratio's standard error is a fifth of the fall a step should
+cause: a few windows behind a steady service, seconds behind a noisy one. The error is taken
+from the samples' spread and from the windows' scatter about their loads (samples queued
+together share their wait and the service's speed of the moment, so they are not
+independent). A service too noisy to judge within ``MOST`` samples is left where the algorithm
+keeps it. Where the knee is found the target is at least two window deviations above the
+ratio there, never below the baseline's latency plus a step, and stays the tolerance unless
+that gains two steps: a noisy service gains little from a tighter trigger and would be cut on
+noise.
 This is not destructive probing (Envoy pins its limit to 3 seats to re-measure its minimum
 rtt, and its users see 503s): a trial goes one step below a level just seen to queue, is held
 only until its evidence is in, and is given back as soon as latency rises or the overload eases.
@@ -29,6 +35,7 @@ only until its evidence is in, and is given back as soon as latency rises or the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 __all__ = ["Knee", "Pooled", "totals"]
@@ -38,8 +45,9 @@ STEP = 0.05
 SIGMAS = 5.0
 """A level is judged once the standard error of a step's fall is ``1 / SIGMAS`` of the fall
 expected above the knee; half that fall decides, 2.5 standard errors from either answer."""
-LEAST, MOST = 20, 4000
-"""Samples a level needs at least, and at most (beyond: too noisy to judge)."""
+LEAST, MOST, WINDOWS = 20, 4000, 4
+"""Samples a level needs at least, and at most (beyond: too noisy to judge); windows at least
+(their scatter is part of the evidence)."""
 SWAY = 0.25
 """How far the limit may move while a level is watched (AIMD's saw-tooth spans about 20 %)."""
 NEAR = 1.1
@@ -103,15 +111,45 @@ class Pooled:
 
 class _Level(Pooled):
     """One level of the limit, watched (the algorithm moves it) or held (a trial): its
-    evidence, its windows and how many were pressed, the lowest limit it ran at."""
+    evidence, its windows and how many were pressed, the lowest limit it ran at, and how its
+    windows' ratios scatter once their loads are accounted for (``noise``)."""
 
-    __slots__ = ("fresh", "lowest", "pressed", "windows")
+    __slots__ = ("_moments", "fresh", "lowest", "pressed", "windows")
 
     def __init__(self, limit: int, fresh: bool) -> None:
         super().__init__()
         self.lowest = limit
         self.fresh = fresh  # a trial's first window was admitted before its step
         self.pressed = self.windows = 0
+        self._moments = [0.0] * 6  # over windows with a ratio: n, sums of r, l, r^2, l^2, r*l
+
+    def add_window(
+        self, acc: dict[int, list[float]], bases: dict[int, float], load: float, pressed: bool
+    ) -> None:
+        """Pool one closed window (``Pooled.add``); ``pressed`` as in ``Knee.window``."""
+        self.add(acc, bases, load)
+        self.windows += 1
+        self.pressed += pressed
+        spent, unloaded, _ = totals(acc, bases)
+        if unloaded:
+            ratio, m = spent / unloaded, self._moments
+            m[0] += 1.0
+            m[1] += ratio
+            m[2] += load
+            m[3] += ratio * ratio
+            m[4] += load * load
+            m[5] += ratio * load
+
+    def noise(self) -> float:
+        """The standard deviation of one window's ratio about a straight line in its load (a
+        saw-tooth like AIMD's moves the ratio with the load; that is not noise); 0.0 before
+        three windows."""
+        n, r, load, rr, ll, rl = self._moments
+        if n < 3:
+            return 0.0
+        srr, sll, srl = rr - r * r / n, ll - load * load / n, rl - r * load / n
+        residual = srr - srl * srl / sll if sll > 1e-9 * (ll or 1.0) else srr
+        return math.sqrt(max(residual, 0.0) / (n - 2))
 
 
 class Knee:
@@ -171,9 +209,7 @@ class Knee:
             level.fresh = False
             return limit, True
         assert level is not None
-        level.add(acc, bases, load)
-        level.windows += 1
-        level.pressed += pressed
+        level.add_window(acc, bases, load, pressed)
         spread = level.spread(bases)
         held = self._above is not None
         if spread is None:
@@ -186,9 +222,19 @@ class Knee:
             fall = ratio * STEP
         else:
             fall = above[0] * max(1.0 - mean_load / above[1], STEP)
-        precise = samples >= LEAST and 2.0 * variance * SIGMAS * SIGMAS <= fall * fall
+        # Samples queued together share their wait and the service's speed of the moment:
+        # they are not independent, so the windows' own scatter counts too.
+        variance = max(variance, level.noise() ** 2 / level.windows)
+        precise = (
+            samples >= LEAST
+            and level.windows >= WINDOWS
+            and 2.0 * variance * SIGMAS * SIGMAS <= fall * fall
+        )
         if not precise and samples < MOST:
             return limit, held
+        if above is not None and not precise:  # too noisy to judge after all: give it back
+            self._found = True
+            return self.abandon(limit), False
         if above is None:
             if not precise or ratio <= 1.0 + STEP:  # too noisy to judge a step, or no queue to
                 self._found, self._level = True, None  # take away (the limit is at its max)
@@ -199,11 +245,22 @@ class Knee:
             if precise:  # that leaves them idle): one step further, same comparison
                 return self._step(limit, above)
         elif precise and above_ratio - ratio >= 0.5 * above_ratio * (1 - mean_load / above_load):
-            self.target = min(ratio, self._tolerance)  # latency fell with the load: it queued
-            return self._step(limit, (ratio, mean_load, limit))
-        self.target = min(self._park(above_ratio, ratio), self._tolerance)  # the knee is here
+            return self._step(limit, (ratio, mean_load, limit))  # latency fell
+        self.target = self._bounded(self._park(above_ratio, ratio), ratio, level)  # the knee
         self._found, self._level, self._above = True, None, None
         return above_limit, True
+
+    def _bounded(self, target: float, ratio: float, level: _Level) -> float:
+        """``target`` raised to two window deviations above ``level``'s ``ratio`` (the
+        algorithm decides on single windows: their noise must not read as a rise) and to the
+        baseline's own latency plus a step (a level read while the service was fast for a
+        moment must not make the algorithm cut where nothing queues); the tolerance itself
+        unless that is two steps lower (behind a noisy service a slightly tighter trigger
+        gains little and makes AIMD cut on noise)."""
+        target = max(target, ratio + 2.0 * level.noise(), 1.0 + STEP)
+        if target > self._tolerance - 2 * STEP:  # too little to gain for a tighter trigger
+            return self._tolerance
+        return target
 
     def _step(self, limit: int, above: tuple[float, float, int]) -> tuple[int, bool]:
         """Hold the limit one step below ``limit``, to be compared with ``above``."""
